@@ -1,0 +1,30 @@
+"""The errors srvwatch raises: one base class so callers can catch every DNS failure at once."""
+
+from __future__ import annotations
+
+__all__ = ["NXDomain", "NoData", "ResolveError", "ResolveTimeout", "ServerFailure"]
+
+
+class ResolveError(Exception):
+    """A lookup failed; ``name`` and ``rdtype`` say which one."""
+
+    def __init__(self, message: str, *, name: str = "", rdtype: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+        self.rdtype = rdtype
+
+
+class NXDomain(ResolveError):
+    """The name does not exist (authoritative answer)."""
+
+
+class NoData(ResolveError):
+    """The name exists but has no records of the asked type."""
+
+
+class ResolveTimeout(ResolveError):
+    """No nameserver answered within the lifetime of the lookup."""
+
+
+class ServerFailure(ResolveError):
+    """Every nameserver answered with SERVFAIL, REFUSED or a malformed reply."""

@@ -1,0 +1,121 @@
+"""How long to trust an answer, when to ask again, and how to back off.
+
+Every number that shapes upstream query volume lives here, so the rules that
+keep a fleet from becoming a query storm are in one place and testable without
+a clock or a socket.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, fields
+
+__all__ = ["Policy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """TTL clamping, jittered refresh, failure backoff and stale windows.
+
+    The defaults are the ones in the design document: a 5 s floor (TTL 0 is
+    the storm trigger), a 300 s cap, refresh at ``ttl * U(1 - jitter, 1)`` so
+    clients never refresh after expiry and never in lock-step.
+    """
+
+    min_ttl: float = 5.0
+    """Floor for positive TTLs: a TTL of 0 or 1 never means "ask again now"."""
+    max_ttl: float = 300.0
+    """Cap, so new endpoints appear within minutes even when a zone says a day."""
+    jitter: float = 0.2
+    """Refresh after ``ttl * U(1 - jitter, 1)``."""
+    negative_min_ttl: float = 5.0
+    """Floor for NXDOMAIN/NODATA caching (RFC 2308 SOA minimum may be 0)."""
+    negative_max_ttl: float = 60.0
+    """Cap for negative caching."""
+    servfail_ttl: float = 5.0
+    """How long a SERVFAIL is remembered (RFC 2308 section 7.1: at most 5 minutes)."""
+    stale_ttl: float = 86_400.0
+    """How long the last good answer may be served after failures (RFC 8767)."""
+    stale_answer_ttl: float = 30.0
+    """TTL given to stale answers handed to DNS clients; never 0."""
+    stale_answer_timeout: float = 1.8
+    """The stub answers stale when upstream has not answered within this (RFC 8767)."""
+    stale_refresh_interval: float = 30.0
+    """While serving stale, recheck upstream at most this often."""
+    timeout: float = 1.0
+    """Per-attempt timeout for one query to one nameserver."""
+    lifetime: float = 5.0
+    """Overall deadline of one lookup, retries and failover included."""
+    backoff_base: float = 1.0
+    """First failure backoff; doubles per consecutive failure (jittered)."""
+    backoff_max: float = 30.0
+    """Failure backoff cap."""
+    cache_size: int = 10_000
+    """LRU bound on cached answers."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"Policy.{f.name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"Policy.{f.name} must be a finite number >= 0, got {value!r}")
+        if self.min_ttl <= 0:
+            raise ValueError(f"Policy.min_ttl must be > 0, got {self.min_ttl!r}")
+        if self.max_ttl < self.min_ttl:
+            raise ValueError(
+                f"Policy.max_ttl ({self.max_ttl!r}) must be >= min_ttl ({self.min_ttl!r})"
+            )
+        if self.jitter >= 1:
+            raise ValueError(f"Policy.jitter must be in [0, 1), got {self.jitter!r}")
+        if self.negative_min_ttl <= 0:
+            raise ValueError(f"Policy.negative_min_ttl must be > 0, got {self.negative_min_ttl!r}")
+        if self.negative_max_ttl < self.negative_min_ttl:
+            raise ValueError(
+                f"Policy.negative_max_ttl ({self.negative_max_ttl!r}) must be >= "
+                f"negative_min_ttl ({self.negative_min_ttl!r})"
+            )
+        for name in ("servfail_ttl", "stale_answer_ttl", "timeout", "lifetime", "backoff_base"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Policy.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.backoff_max < self.backoff_base:
+            raise ValueError(
+                f"Policy.backoff_max ({self.backoff_max!r}) must be >= "
+                f"backoff_base ({self.backoff_base!r})"
+            )
+        if self.cache_size < 1 or int(self.cache_size) != self.cache_size:
+            raise ValueError(f"Policy.cache_size must be an integer >= 1, got {self.cache_size!r}")
+
+    def clamp_ttl(self, ttl: float) -> float:
+        """A positive answer's TTL, forced into ``[min_ttl, max_ttl]``."""
+        if ttl < self.min_ttl:
+            return self.min_ttl
+        if ttl > self.max_ttl:
+            return self.max_ttl
+        return float(ttl)
+
+    def negative_ttl(self, soa_ttl: float | None, soa_minimum: float | None) -> float:
+        """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM), clamped; floor when no SOA came back."""
+        candidates = [v for v in (soa_ttl, soa_minimum) if v is not None]
+        ttl = min(candidates) if candidates else self.negative_min_ttl
+        return min(max(float(ttl), self.negative_min_ttl), self.negative_max_ttl)
+
+    def refresh_delay(self, ttl: float, rng: random.Random | None = None) -> float:
+        """When to ask again: ``ttl * U(1 - jitter, 1)``, never after expiry, never in lock-step."""
+        if self.jitter == 0:
+            return ttl
+        u = (rng or random).random()
+        return ttl * (1.0 - self.jitter * u)
+
+    def backoff_delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """Delay after ``failures`` consecutive failures (1-based): jittered exponential, capped.
+
+        "Equal jitter": half the exponential step fixed, half random, so a
+        failing fleet spreads out while each client still waits at least
+        ``backoff_base / 2``. The loop never spins, whatever the server does.
+        """
+        step = self.backoff_base * 2.0 ** min(max(failures - 1, 0), 32)
+        step = min(step, self.backoff_max)
+        u = (rng or random).random()
+        return step / 2.0 + u * step / 2.0

@@ -1,0 +1,585 @@
+"""The one-shot resolver: cache, singleflight, transport and SRV target expansion.
+
+A cache hit is one dict lookup and one clock read. A miss starts at most one
+upstream query per (name, type) however many callers ask at once: the query
+runs as a task owned by the resolver, so a cancelled caller never cancels it
+for the others. When the upstream fails, the last good answer is served,
+flagged ``stale`` (RFC 8767); only an authoritative NXDOMAIN or NODATA empties
+an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import dns.rdata
+import dns.rdatatype
+import dns.resolver
+
+from . import wire
+from .cache import Cache, Clock
+from .endpoints import Endpoint, EndpointSet
+from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
+from .metrics import Counters
+from .policy import Policy
+from .transport import Nameserver, Transport, parse_nameserver
+
+__all__ = ["Answer", "Resolver"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MAX_CNAME_HOPS = 8
+_ADDRESS_TYPES = (wire.TYPE_A, wire.TYPE_AAAA)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The records of one (name, type) lookup."""
+
+    name: str
+    """The name that answered (after the search list), lowercase, absolute."""
+    rdtype: str
+    records: tuple[dns.rdata.Rdata, ...]
+    ttl: float
+    """The TTL the cache keeps this answer for, after clamping by the policy."""
+    stale: bool = False
+    """Served from the last good answer because the upstream is failing (RFC 8767)."""
+    canonical_name: str = ""
+    """Where the CNAME chain ended; equal to ``name`` when there was none."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """What the record cache keeps: the raw response and where its records are."""
+
+    name: str
+    rdtype: int
+    data: bytes
+    records: tuple[wire.Record, ...]
+    additional: tuple[wire.Record, ...]
+    bailiwick: str
+    canonical_name: str
+    ttl: float
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Negative:
+    """A cached NXDOMAIN or NODATA, re-raised as a fresh exception on every hit."""
+
+    nxdomain: bool
+    message: str
+    name: str
+    rdtype: str
+
+    def error(self) -> ResolveError:
+        cls = NXDomain if self.nxdomain else NoData
+        return cls(self.message, name=self.name, rdtype=self.rdtype)
+
+
+class _Flight:
+    """One upstream lookup in progress, shared by every caller that wants it."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Resolver:
+    """A caching, coalescing, stale-serving DNS resolver for service discovery.
+
+    Use it as ``async with Resolver(...) as r``: the resolver owns the tasks
+    that run shared lookups and the sockets they use, and closes them all on
+    exit (``stats()`` proves it: sockets opened == closed).
+    """
+
+    def __init__(
+        self,
+        nameservers: Sequence[str] | None = None,
+        *,
+        policy: Policy | None = None,
+        search: Sequence[str] | None = None,
+        ndots: int | None = None,
+        clock: Clock = time.monotonic,
+        max_socket_uses: int = 64,
+    ) -> None:
+        self.policy = policy if policy is not None else Policy()
+        if not isinstance(self.policy, Policy):
+            raise ValueError(f"policy must be a srvwatch.Policy, got {policy!r}")
+        if isinstance(nameservers, str):
+            raise ValueError(f"nameservers must be a list of strings, got the string {nameservers!r}")
+        if nameservers is None:
+            servers, system_search, system_ndots = _system_config()
+            search = system_search if search is None else search
+            ndots = system_ndots if ndots is None else ndots
+        else:
+            servers = [parse_nameserver(text) for text in nameservers]
+            if not servers:
+                raise ValueError("nameservers must not be empty (pass None to use /etc/resolv.conf)")
+        self.nameservers: tuple[Nameserver, ...] = tuple(servers)
+        self.search: tuple[str, ...] = tuple(_absolute(s, "search domain") for s in search or ())
+        self.ndots = 1 if ndots is None else ndots
+        if isinstance(self.ndots, bool) or not isinstance(self.ndots, int) or self.ndots < 0:
+            raise ValueError(f"ndots must be an integer >= 0, got {ndots!r}")
+        self._clock = clock
+        self._counters = Counters()
+        self._transport = Transport(
+            self.nameservers, self.policy, self._counters, max_socket_uses=max_socket_uses
+        )
+        self._records: Cache[tuple[str, int], _Lookup | _Negative] = Cache(self.policy, clock)
+        self._srv_sets: Cache[str, EndpointSet] = Cache(self.policy, clock)
+        self._address_sets: Cache[str, tuple[str, ...]] = Cache(self.policy, clock)
+        self._answers: Cache[tuple[str, int], Answer] = Cache(self.policy, clock)
+        self._flights: dict[object, _Flight] = {}
+        self._names: dict[str, tuple[str, ...]] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Resolver:
+        if self._task_group is not None or self._closed:
+            raise RuntimeError("a Resolver can be entered only once")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        task_group = self._task_group
+        try:
+            if task_group is not None:
+                task_group.cancel_scope.cancel()
+                return await task_group.__aexit__(exc_type, exc, tb)
+            return None
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every lookup in progress and close every socket."""
+        self._closed = True
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        await self._transport.aclose()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: queries, hits, misses, coalesced, stale, sockets opened/closed, ..."""
+        snapshot = self._counters.snapshot()
+        snapshot["flights_in_progress"] = len(self._flights)
+        snapshot["cache_entries"] = len(self._records)
+        snapshot["cache_evictions"] = self._records.evictions
+        return snapshot
+
+    # -- public lookups -----------------------------------------------------------
+
+    async def resolve_srv(self, name: str) -> EndpointSet:
+        """SRV endpoints of ``name`` with their targets' addresses, RFC 2782 order via ``ordered()``."""
+        self._counters.lookups += 1
+        entry = self._srv_sets.fresh(name)
+        if entry is not None and entry.value is not None:
+            self._counters.hits += 1
+            return entry.value
+        result = await self._search(name, self._srv_set)
+        if not result.stale:
+            self._srv_sets.put(name, result, result.ttl)
+        return result
+
+    async def resolve_addresses(self, name: str) -> tuple[str, ...]:
+        """IPv4 and IPv6 addresses of ``name`` (A and AAAA asked at once)."""
+        self._counters.lookups += 1
+        entry = self._address_sets.fresh(name)
+        if entry is not None and entry.value is not None:
+            self._counters.hits += 1
+            return entry.value
+        addresses, ttl, stale = await self._search(name, self._address_set)
+        if not stale:
+            self._address_sets.put(name, addresses, ttl)
+        return addresses
+
+    async def resolve(self, name: str, rdtype: str | int = "A") -> Answer:
+        """Records of any type, as dnspython rdata objects."""
+        self._counters.lookups += 1
+        qtype = _rdtype(rdtype)
+        key = (name, qtype)
+        entry = self._answers.fresh(key)
+        if entry is not None and entry.value is not None:
+            self._counters.hits += 1
+            return entry.value
+
+        async def one(fqdn: str) -> Answer:
+            lookup = await self._lookup(fqdn, qtype)
+            answer = Answer(
+                name=fqdn,
+                rdtype=dns.rdatatype.to_text(qtype),
+                records=tuple(wire.decode_rdata(lookup.data, r) for r in lookup.records),
+                ttl=lookup.ttl,
+                stale=lookup.stale,
+                canonical_name=lookup.canonical_name,
+            )
+            if not answer.stale:
+                self._answers.put(key, answer, lookup.ttl)
+            return answer
+
+        return await self._search(name, one)
+
+    # -- search list --------------------------------------------------------------
+
+    async def _search(self, name: str, lookup: Callable[[str], Awaitable[T]]) -> T:
+        """Try each candidate from the search list; NXDOMAIN/NODATA move on to the next."""
+        candidates = self._candidates(name)
+        last: ResolveError | None = None
+        for fqdn in candidates:
+            try:
+                return await lookup(fqdn)
+            except (NXDomain, NoData) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def _candidates(self, name: str) -> tuple[str, ...]:
+        known = self._names.get(name)
+        if known is not None:
+            return known
+        absolute = _absolute(name, "name")
+        if name.endswith("."):
+            candidates: tuple[str, ...] = (absolute,)
+        else:
+            searched = []
+            for domain in self.search:
+                try:
+                    searched.append(_absolute(f"{absolute}{domain}".rstrip(".") + ".", "name"))
+                except ValueError:
+                    continue  # too long with this suffix: skip it, as stub resolvers do
+            if absolute.count(".") - 1 >= self.ndots:
+                candidates = (absolute, *searched)
+            else:
+                candidates = (*searched, absolute)
+        if len(self._names) >= self.policy.cache_size:
+            self._names.clear()
+        self._names[name] = candidates
+        return candidates
+
+    # -- SRV and address sets -----------------------------------------------------
+
+    async def _srv_set(self, fqdn: str) -> EndpointSet:
+        return await self._coalesce(("srv", fqdn), lambda: self._build_srv_set(fqdn))
+
+    async def _build_srv_set(self, fqdn: str) -> EndpointSet:
+        lookup = await self._lookup(fqdn, wire.TYPE_SRV, inline=True)
+        data = lookup.data
+        records = [wire.decode_srv(data, rr) for rr in lookup.records]
+        if len(records) == 1 and records[0][3] == ".":
+            return EndpointSet.build(
+                fqdn, (), ttl=lookup.ttl, stale=lookup.stale, no_service=True
+            )
+        targets = {target for *_, target in records if target != "."}
+        glue: dict[str, list[str]] = {}
+        ttl = lookup.ttl
+        for rr in lookup.additional:
+            if rr.name in targets and rr.rdtype in _ADDRESS_TYPES and _within(rr.name, lookup.bailiwick):
+                decode = wire.decode_a if rr.rdtype == wire.TYPE_A else wire.decode_aaaa
+                glue.setdefault(rr.name, []).append(decode(data, rr))
+                ttl = min(ttl, self.policy.clamp_ttl(rr.ttl))
+        addresses: dict[str, tuple[str, ...]] = {t: tuple(sorted(a)) for t, a in glue.items()}
+        stale = lookup.stale
+        missing = [t for t in targets if t not in glue]
+
+        async def expand(target: str) -> None:
+            nonlocal ttl, stale
+            try:
+                found, found_ttl, found_stale = await self._address_set(target, inline=True)
+            except ResolveError as exc:
+                log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, exc)
+                found, found_ttl, found_stale = (), self.policy.negative_min_ttl, False
+            addresses[target] = found
+            ttl = min(ttl, found_ttl)
+            stale = stale or found_stale
+
+        if len(missing) == 1:
+            await expand(missing[0])
+        elif missing:
+            async with anyio.create_task_group() as task_group:
+                for target in missing:
+                    task_group.start_soon(expand, target)
+        endpoints = [
+            Endpoint(
+                target=target,
+                port=port,
+                priority=priority,
+                weight=weight,
+                addresses=addresses.get(target, ()),
+            )
+            for priority, weight, port, target in records
+            if target != "."
+        ]
+        return EndpointSet.build(fqdn, endpoints, ttl=ttl, stale=stale)
+
+    async def _address_set(
+        self, fqdn: str, *, inline: bool = False
+    ) -> tuple[tuple[str, ...], float, bool]:
+        """(addresses, ttl, stale) for one absolute name: A and AAAA at once."""
+        results: dict[int, _Lookup | ResolveError] = {}
+
+        async def one(qtype: int) -> None:
+            try:
+                results[qtype] = await self._lookup(fqdn, qtype, inline=inline)
+            except ResolveError as exc:
+                results[qtype] = exc
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(one, wire.TYPE_AAAA)
+            await one(wire.TYPE_A)
+        found: list[str] = []
+        ttl = math.inf
+        stale = False
+        for qtype in _ADDRESS_TYPES:
+            result = results[qtype]
+            if isinstance(result, _Lookup):
+                decode = wire.decode_a if qtype == wire.TYPE_A else wire.decode_aaaa
+                found.extend(decode(result.data, rr) for rr in result.records)
+                ttl = min(ttl, result.ttl)
+                stale = stale or result.stale
+        if not found:
+            errors = [r for r in results.values() if isinstance(r, ResolveError)]
+            hard = [e for e in errors if not isinstance(e, (NXDomain, NoData))]
+            nx = [e for e in errors if isinstance(e, NXDomain)]
+            raise (hard or nx or errors)[0]
+        return tuple(sorted(found)), ttl, stale
+
+    # -- records: cache, coalescing, upstream ---------------------------------------
+
+    async def _lookup(self, fqdn: str, qtype: int, *, inline: bool = False) -> _Lookup:
+        key = (fqdn, qtype)
+        entry = self._records.get(key)
+        if entry is not None:
+            now = self._clock()
+            value = entry.value
+            if value is not None and now < entry.expires_at:
+                if isinstance(value, _Negative):
+                    self._counters.negative_hits += 1
+                    raise value.error()
+                self._counters.hits += 1
+                return value
+            if entry.failing(now) and entry.error is not None:
+                if isinstance(value, _Lookup) and entry.servable_stale(now):
+                    self._counters.stale += 1
+                    return replace(value, stale=True)
+                raise _clone(entry.error)
+        self._counters.misses += 1
+        return await self._coalesce(key, lambda: self._fetch(fqdn, qtype), inline=inline)
+
+    async def _fetch(self, fqdn: str, qtype: int) -> _Lookup:
+        key = (fqdn, qtype)
+        try:
+            lookup = await self._query(fqdn, qtype)
+        except _NegativeAnswer as negative:
+            self._records.put(key, negative.value, negative.ttl, negative=True)
+            raise negative.value.error() from None
+        except (ResolveTimeout, ServerFailure) as exc:
+            entry = self._records.put_failure(key, exc)
+            value = entry.value
+            if isinstance(value, _Lookup) and entry.servable_stale(self._clock()):
+                self._counters.stale += 1
+                log.info("serving stale %s: %s", fqdn, exc)
+                return replace(value, stale=True)
+            raise
+        entry = self._records.put(key, lookup, lookup.ttl)
+        return replace(lookup, ttl=entry.ttl)
+
+    async def _query(self, fqdn: str, qtype: int) -> _Lookup:
+        """Ask upstream, following a CNAME chain across responses when it is incomplete."""
+        name = fqdn
+        chain_ttl = math.inf
+        type_text = dns.rdatatype.to_text(qtype)
+        for _ in range(_MAX_CNAME_HOPS):
+            data, msg = await self._transport.exchange(name, qtype)
+            current = name
+            records: list[wire.Record] = []
+            for _hop in range(_MAX_CNAME_HOPS):
+                records = [
+                    r for r in msg.answers
+                    if r.name == current and r.rdtype == qtype and r.rdclass == wire.CLASS_IN
+                ]
+                if records or qtype == wire.TYPE_CNAME:
+                    break
+                cname = next(
+                    (r for r in msg.answers if r.name == current and r.rdtype == wire.TYPE_CNAME),
+                    None,
+                )
+                if cname is None:
+                    break
+                chain_ttl = min(chain_ttl, cname.ttl)
+                current = wire.decode_cname(data, cname)
+            if records:
+                ttl = min(chain_ttl, *(r.ttl for r in records))
+                return _Lookup(
+                    name=fqdn,
+                    rdtype=qtype,
+                    data=data,
+                    records=tuple(records),
+                    additional=msg.additional,
+                    bailiwick=_bailiwick(msg, fqdn),
+                    canonical_name=current,
+                    ttl=ttl,
+                )
+            soa = next((r for r in msg.authority if r.rdtype == wire.TYPE_SOA), None)
+            negative_ttl = self.policy.negative_ttl(
+                soa.ttl if soa else None, wire.decode_soa(data, soa).minimum if soa else None
+            )
+            if msg.rcode == wire.RCODE_NXDOMAIN:
+                raise _NegativeAnswer(
+                    _Negative(True, f"{fqdn} {type_text}: no such name (NXDOMAIN)", fqdn, type_text),
+                    negative_ttl,
+                )
+            if current != name and soa is None:
+                name = current  # the chain leaves this server's data: ask about its end
+                continue
+            raise _NegativeAnswer(
+                _Negative(False, f"{fqdn} has no {type_text} records (NODATA)", fqdn, type_text),
+                negative_ttl,
+            )
+        raise ServerFailure(
+            f"{fqdn} {type_text}: CNAME chain longer than {_MAX_CNAME_HOPS}",
+            name=fqdn,
+            rdtype=type_text,
+        )
+
+    async def _coalesce(
+        self, key: object, work: Callable[[], Awaitable[T]], *, inline: bool = False
+    ) -> T:
+        """Share one in-flight ``work()`` among all callers of ``key``.
+
+        The work runs in a task of the resolver's own task group, so a caller
+        that is cancelled stops waiting but never stops the lookup for the
+        others. ``inline`` runs it in the current task instead, for callers
+        that already are such a task.
+        """
+        flight = self._flights.get(key)
+        if flight is None:
+            if self._closed:
+                raise RuntimeError("the Resolver is closed")
+            flight = _Flight()
+            self._flights[key] = flight
+            self._counters.flights_started += 1
+            if inline:
+                await self._run_flight(key, flight, work)
+            else:
+                if self._task_group is None:
+                    del self._flights[key]
+                    self._counters.flights_finished += 1
+                    raise RuntimeError(
+                        "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
+                    )
+                self._task_group.start_soon(self._run_flight, key, flight, work)
+        else:
+            self._counters.coalesced += 1
+        await flight.done.wait()
+        if flight.error is not None:
+            raise _clone(flight.error)
+        result: T = flight.result
+        return result
+
+    async def _run_flight(
+        self, key: object, flight: _Flight, work: Callable[[], Awaitable[Any]]
+    ) -> None:
+        try:
+            flight.result = await work()
+        except Exception as exc:
+            flight.error = exc
+        except BaseException:
+            flight.error = ResolveError("the Resolver was closed during the lookup")
+            raise
+        finally:
+            del self._flights[key]
+            self._counters.flights_finished += 1
+            flight.done.set()
+
+
+class _NegativeAnswer(Exception):
+    def __init__(self, value: _Negative, ttl: float) -> None:
+        super().__init__(value.message)
+        self.value = value
+        self.ttl = ttl
+
+
+def _clone(error: BaseException) -> BaseException:
+    """A fresh copy of a shared error, so tracebacks never pile up on one instance."""
+    if isinstance(error, ResolveError):
+        return type(error)(str(error), name=error.name, rdtype=error.rdtype)
+    return error
+
+
+def _rdtype(rdtype: str | int) -> int:
+    try:
+        if isinstance(rdtype, str):
+            return int(dns.rdatatype.from_text(rdtype.strip().upper()))
+        if isinstance(rdtype, int) and not isinstance(rdtype, bool) and 0 < rdtype < 65536:
+            return int(rdtype)
+    except (dns.rdatatype.UnknownRdatatype, ValueError):
+        pass
+    raise ValueError(f"unknown record type {rdtype!r}")
+
+
+def _absolute(name: str, what: str) -> str:
+    """Canonical lowercase absolute form; ValueError naming the input when it is not a valid name."""
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a string, got {name!r}")
+    if not name or name.strip() != name:
+        raise ValueError(f"{what} {name!r} is not a valid DNS name")
+    text = name if name.endswith(".") else name + "."
+    try:
+        canonical, _end = wire.read_name(wire.encode_name(text), 0)
+    except (ValueError, wire.WireError) as exc:
+        raise ValueError(f"{what} {name!r} is not a valid DNS name: {exc}") from None
+    return canonical
+
+
+def _within(name: str, zone: str) -> bool:
+    return zone == "." or name == zone or name.endswith("." + zone)
+
+
+def _bailiwick(msg: wire.Message, fqdn: str) -> str:
+    """The zone the answering server vouched for: its SOA/NS owner, else the service's parent domain.
+
+    Additional records outside it are ignored (RFC 5452 section 6).
+    """
+    for rr in msg.authority:
+        if rr.rdtype in (wire.TYPE_SOA, wire.TYPE_NS) and _within(fqdn, rr.name):
+            return rr.name
+    labels = fqdn.rstrip(".").split(".")
+    while labels and labels[0].startswith("_"):
+        labels.pop(0)
+    parent = labels[1:] if len(labels) > 2 else labels
+    return ".".join(parent) + "." if parent else "."
+
+
+def _system_config() -> tuple[list[Nameserver], list[str], int]:
+    """Nameservers, search list and ndots from /etc/resolv.conf, read as dnspython reads it."""
+    try:
+        system = dns.resolver.Resolver(configure=True)
+    except dns.resolver.NoResolverConfiguration as exc:
+        raise ValueError(f"no nameservers given and the system has none: {exc}") from None
+    servers = []
+    for ns in system.nameservers:
+        text = str(ns)
+        host = f"[{text}]" if ":" in text else text
+        servers.append(parse_nameserver(f"{host}:{system.port}"))
+    search = [s.to_text() for s in system.search]
+    return servers, search, system.ndots if system.ndots is not None else 1

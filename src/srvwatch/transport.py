@@ -1,0 +1,367 @@
+"""Exchange one DNS query with a list of nameservers, over UDP and TCP, through anyio.
+
+This is the only module that touches sockets. It owns every socket it opens
+and counts them (``sockets_opened`` / ``sockets_closed``). Spoofing defences
+follow RFC 5452: a fresh random ID per attempt, source ports rotated by
+retiring each UDP socket after a bounded number of queries, and a response
+whose ID or question does not match is ignored, not trusted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+import anyio
+import dns.rdatatype
+from anyio.streams.buffered import BufferedByteReceiveStream
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay
+
+from . import wire
+from .errors import ResolveTimeout, ServerFailure
+from .metrics import Counters
+from .policy import Policy
+
+__all__ = ["Nameserver", "Transport", "parse_nameserver"]
+
+log = logging.getLogger(__name__)
+
+_FAILURE_RCODES = frozenset(
+    {wire.RCODE_SERVFAIL, wire.RCODE_REFUSED, wire.RCODE_FORMERR, wire.RCODE_NOTIMP}
+)
+_RCODE_NAMES = {
+    wire.RCODE_SERVFAIL: "SERVFAIL",
+    wire.RCODE_REFUSED: "REFUSED",
+    wire.RCODE_FORMERR: "FORMERR",
+    wire.RCODE_NOTIMP: "NOTIMP",
+}
+_MAX_UDP_RESPONSE = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Nameserver:
+    """An upstream nameserver: an IP literal and a port."""
+
+    host: str
+    port: int = 53
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def __str__(self) -> str:
+        if self.family == socket.AF_INET6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def parse_nameserver(text: str) -> Nameserver:
+    """Parse ``"host"``, ``"host:port"``, ``"[v6]"`` or ``"[v6]:port"``; host must be an IP literal.
+
+    Anything else is a ValueError that names the entry: a misparsed address
+    must fail loudly at start-up, never silently at query time.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"nameserver must be a string like '127.0.0.1:53', got {text!r}")
+    raw = text.strip()
+    host, port_text = raw, ""
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise ValueError(f"nameserver {text!r}: missing ']' after IPv6 address")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"nameserver {text!r}: expected ':port' after ']'")
+            port_text = rest[1:]
+    elif raw.count(":") == 1:
+        host, port_text = raw.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"nameserver {text!r}: {host!r} is not an IP address "
+            "(use 'host', 'host:port' or '[v6]:port' with a literal address)"
+        ) from None
+    if raw.startswith("[") and address.version != 6:
+        raise ValueError(f"nameserver {text!r}: brackets are only for IPv6 addresses")
+    port = 53
+    if port_text or raw.endswith(":"):
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"nameserver {text!r}: port must be 1-65535, got {port_text!r}")
+        port = int(port_text)
+    return Nameserver(address.compressed, port)
+
+
+class _AttemptFailed(Exception):
+    """One attempt at one nameserver failed in a way worth retrying elsewhere."""
+
+
+class _AttemptTimeout(_AttemptFailed):
+    pass
+
+
+class _AttemptRcode(_AttemptFailed):
+    def __init__(self, rcode: int, server: Nameserver) -> None:
+        super().__init__(f"{server} answered {_RCODE_NAMES.get(rcode, rcode)}")
+        self.rcode = rcode
+
+
+class _UdpSocket:
+    __slots__ = ("server", "sock", "uses")
+
+    def __init__(self, server: Nameserver, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.uses = 0
+
+
+class Transport:
+    """Sends queries to nameservers with failover, retries, timeouts and TCP fallback.
+
+    UDP sockets are connected (the kernel drops datagrams from other
+    addresses, and an ICMP port-unreachable fails the attempt at once) and
+    pooled per nameserver; each is retired after ``max_socket_uses``
+    queries so the source port keeps changing.
+    """
+
+    def __init__(
+        self,
+        nameservers: Sequence[Nameserver],
+        policy: Policy,
+        counters: Counters,
+        *,
+        max_socket_uses: int = 64,
+        max_idle_sockets: int = 16,
+    ) -> None:
+        if not nameservers:
+            raise ValueError("at least one nameserver is required")
+        if max_socket_uses < 1:
+            raise ValueError(f"max_socket_uses must be >= 1, got {max_socket_uses!r}")
+        self.nameservers = tuple(nameservers)
+        self._policy = policy
+        self._counters = counters
+        self._max_uses = max_socket_uses
+        self._max_idle = max_idle_sockets
+        self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
+        self._closed = False
+
+    # -- public -------------------------------------------------------------------
+
+    async def exchange(self, qname: str, qtype: int) -> tuple[bytes, wire.Message]:
+        """One lookup: returns the first valid answer that is not a server failure.
+
+        NOERROR and NXDOMAIN are answers. SERVFAIL, REFUSED, FORMERR and NOTIMP
+        move on to the next nameserver; when every nameserver has said so,
+        :class:`ServerFailure`. Timeouts and network errors are retried with
+        jittered backoff until ``policy.lifetime``, then :class:`ResolveTimeout`.
+        """
+        if self._closed:
+            raise RuntimeError("transport is closed")
+        template = wire.build_query(qname, qtype, 0)
+        servers = self.nameservers
+        refused: set[Nameserver] = set()
+        policy = self._policy
+        loop_start = anyio.current_time()
+
+        def wait(state: RetryCallState) -> float:
+            # Failover to the next server at once; back off only between rounds.
+            if state.attempt_number % len(servers):
+                return 0.0
+            rounds = state.attempt_number // len(servers)
+            step = min(policy.timeout * 0.1 * 2 ** (rounds - 1), policy.timeout)
+            return step * (0.5 + 0.5 * random.random())
+
+        def stop(state: RetryCallState) -> bool:
+            if len(refused) == len(servers):
+                return True
+            elapsed = anyio.current_time() - loop_start
+            return stop_after_delay(policy.lifetime)(state) or elapsed >= policy.lifetime
+
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            stop=stop,
+            wait=wait,
+            retry=retry_if_exception_type(_AttemptFailed),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    candidates = [s for s in servers if s not in refused] or list(servers)
+                    server = candidates[(number - 1) % len(candidates)]
+                    remaining = policy.lifetime - (anyio.current_time() - loop_start)
+                    budget = max(min(policy.timeout, remaining), 0.001)
+                    try:
+                        return await self._attempt(server, template, qname, qtype, budget)
+                    except _AttemptRcode:
+                        refused.add(server)
+                        raise
+        except _AttemptRcode as exc:
+            raise ServerFailure(
+                f"{qname} {_type_text(qtype)}: every nameserver failed: {exc}",
+                name=qname,
+                rdtype=_type_text(qtype),
+            ) from None
+        except _AttemptFailed as exc:
+            raise ResolveTimeout(
+                f"{qname} {_type_text(qtype)}: no answer within {policy.lifetime:g}s "
+                f"from {', '.join(map(str, servers))} ({exc})",
+                name=qname,
+                rdtype=_type_text(qtype),
+            ) from None
+        _unreachable()
+
+    async def aclose(self) -> None:
+        """Close every pooled socket; sockets in use are closed by their attempt."""
+        self._closed = True
+        for pool in self._idle.values():
+            while pool:
+                self._close_udp(pool.pop())
+
+    # -- one attempt --------------------------------------------------------------
+
+    async def _attempt(
+        self, server: Nameserver, template: bytes, qname: str, qtype: int, budget: float
+    ) -> tuple[bytes, wire.Message]:
+        try:
+            with anyio.fail_after(budget):
+                data, msg = await self._udp(server, template, qname, qtype)
+                if msg.tc:
+                    self._counters.truncated += 1
+                    data, msg = await self._tcp(server, template, qname, qtype)
+        except TimeoutError:
+            self._counters.timeouts += 1
+            raise _AttemptTimeout(f"{server} timed out after {budget:.3g}s") from None
+        except OSError as exc:
+            self._counters.network_errors += 1
+            raise _AttemptFailed(f"{server}: {exc.strerror or exc}") from None
+        if msg.rcode in _FAILURE_RCODES:
+            self._counters.server_errors += 1
+            raise _AttemptRcode(msg.rcode, server)
+        return data, msg
+
+    async def _udp(
+        self, server: Nameserver, template: bytes, qname: str, qtype: int
+    ) -> tuple[bytes, wire.Message]:
+        entry = self._acquire(server)
+        reusable = False
+        try:
+            query_id = os.urandom(2)
+            entry.sock.send(query_id + template[2:])
+            self._counters.queries += 1
+            expected_id = struct.unpack("!H", query_id)[0]
+            while True:
+                await anyio.wait_readable(entry.sock)
+                try:
+                    data = entry.sock.recv(_MAX_UDP_RESPONSE)
+                except BlockingIOError:
+                    continue
+                msg = self._match(data, expected_id, qname, qtype)
+                if msg is not None:
+                    reusable = True
+                    return data, msg
+        finally:
+            self._release(entry, reusable)
+
+    async def _tcp(
+        self, server: Nameserver, template: bytes, qname: str, qtype: int
+    ) -> tuple[bytes, wire.Message]:
+        query_id = os.urandom(2)
+        query = query_id + template[2:]
+        expected_id = struct.unpack("!H", query_id)[0]
+        stream = await anyio.connect_tcp(server.host, server.port)
+        self._counters.sockets_opened += 1
+        try:
+            await stream.send(struct.pack("!H", len(query)) + query)
+            self._counters.queries += 1
+            self._counters.tcp_queries += 1
+            reader = BufferedByteReceiveStream(stream)
+            while True:
+                (length,) = struct.unpack("!H", await reader.receive_exactly(2))
+                data = await reader.receive_exactly(length)
+                msg = self._match(data, expected_id, qname, qtype)
+                if msg is not None:
+                    return data, msg
+        except (anyio.EndOfStream, anyio.IncompleteRead):
+            raise ConnectionResetError(f"{server} closed the TCP connection") from None
+        finally:
+            await stream.aclose()
+            self._counters.sockets_closed += 1
+
+    def _match(
+        self, data: bytes, expected_id: int, qname: str, qtype: int
+    ) -> wire.Message | None:
+        """The parsed response if it answers our question, else None (RFC 5452: ignore it)."""
+        try:
+            msg = wire.parse(data)
+        except wire.WireError as exc:
+            self._counters.ignored_responses += 1
+            log.debug("ignoring malformed response: %s", exc)
+            return None
+        if (
+            msg.id != expected_id
+            or not msg.qr
+            or msg.qname != qname
+            or msg.qtype != qtype
+            or msg.qclass != wire.CLASS_IN
+        ):
+            self._counters.ignored_responses += 1
+            log.debug("ignoring response id=%d q=%s/%d", msg.id, msg.qname, msg.qtype)
+            return None
+        return msg
+
+    # -- socket pool --------------------------------------------------------------
+
+    def _acquire(self, server: Nameserver) -> _UdpSocket:
+        pool = self._idle[server]
+        if pool:
+            entry = pool.pop()
+        else:
+            sock = socket.socket(server.family, socket.SOCK_DGRAM)
+            self._counters.sockets_opened += 1
+            try:
+                sock.setblocking(False)
+                sock.connect((server.host, server.port))
+            except BaseException:
+                sock.close()
+                self._counters.sockets_closed += 1
+                raise
+            entry = _UdpSocket(server, sock)
+        entry.uses += 1
+        return entry
+
+    def _release(self, entry: _UdpSocket, reusable: bool) -> None:
+        pool = self._idle[entry.server]
+        if (
+            reusable
+            and not self._closed
+            and entry.uses < self._max_uses
+            and len(pool) < self._max_idle
+        ):
+            pool.append(entry)
+        else:
+            self._close_udp(entry)
+
+    def _close_udp(self, entry: _UdpSocket) -> None:
+        # Only idle sockets or sockets whose attempt has finished get here, so
+        # no task is waiting on this descriptor when it closes.
+        entry.sock.close()
+        self._counters.sockets_closed += 1
+
+
+def _type_text(qtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
+
+
+def _unreachable() -> NoReturn:
+    raise AssertionError("tenacity returned without an outcome")
+
