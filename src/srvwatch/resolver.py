@@ -162,13 +162,15 @@ class Resolver:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
+        # The task group holds only the resolver's own lookups, which never
+        # raise; the body's exception is not handed to it, so users see their
+        # own exception, not an ExceptionGroup around it.
         task_group = self._task_group
         try:
             if task_group is not None:
                 task_group.cancel_scope.cancel()
-                return await task_group.__aexit__(exc_type, exc, tb)
-            return None
+                await task_group.__aexit__(None, None, None)
         finally:
             await self.aclose()
 
@@ -227,7 +229,7 @@ class Resolver:
             lookup = await self._lookup(fqdn, qtype)
             answer = Answer(
                 name=fqdn,
-                rdtype=dns.rdatatype.to_text(qtype),
+                rdtype=_type_text(qtype),
                 records=tuple(wire.decode_rdata(lookup.data, r) for r in lookup.records),
                 ttl=lookup.ttl,
                 stale=lookup.stale,
@@ -407,7 +409,7 @@ class Resolver:
         """Ask upstream, following a CNAME chain across responses when it is incomplete."""
         name = fqdn
         chain_ttl = math.inf
-        type_text = dns.rdatatype.to_text(qtype)
+        type_text = _type_text(qtype)
         for _ in range(_MAX_CNAME_HOPS):
             data, msg = await self._transport.exchange(name, qtype)
             current = name
@@ -524,6 +526,10 @@ def _clone(error: BaseException) -> BaseException:
     if isinstance(error, ResolveError):
         return type(error)(str(error), name=error.name, rdtype=error.rdtype)
     return error
+
+
+def _type_text(qtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
 
 
 def _rdtype(rdtype: str | int) -> int:

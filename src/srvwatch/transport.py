@@ -22,7 +22,7 @@ from typing import NoReturn
 import anyio
 import dns.rdatatype
 from anyio.streams.buffered import BufferedByteReceiveStream
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from . import wire
 from .errors import ResolveTimeout, ServerFailure
@@ -176,14 +176,14 @@ class Transport:
             if state.attempt_number % len(servers):
                 return 0.0
             rounds = state.attempt_number // len(servers)
-            step = min(policy.timeout * 0.1 * 2 ** (rounds - 1), policy.timeout)
+            step = min(policy.timeout * 0.1 * 2.0 ** (rounds - 1), policy.timeout)
             return step * (0.5 + 0.5 * random.random())
 
         def stop(state: RetryCallState) -> bool:
             if len(refused) == len(servers):
                 return True
             elapsed = anyio.current_time() - loop_start
-            return stop_after_delay(policy.lifetime)(state) or elapsed >= policy.lifetime
+            return elapsed >= policy.lifetime
 
         retrying = AsyncRetrying(
             sleep=anyio.sleep,
