@@ -80,7 +80,7 @@ class Cache(Generic[K, V]):
         return key in self._data
 
     def fresh(self, key: K) -> CacheEntry[V] | None:
-        """The entry if it is still within its TTL (the hot path: one dict lookup, one clock read)."""
+        """The entry if still within its TTL: the hot path, one dict lookup and one clock read."""
         entry = self._data.get(key)
         if entry is not None and self._clock() < entry.expires_at and entry.value is not None:
             self._data.move_to_end(key)

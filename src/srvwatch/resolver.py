@@ -119,7 +119,9 @@ class Resolver:
         if not isinstance(self.policy, Policy):
             raise ValueError(f"policy must be a srvwatch.Policy, got {policy!r}")
         if isinstance(nameservers, str):
-            raise ValueError(f"nameservers must be a list of strings, got the string {nameservers!r}")
+            raise ValueError(
+                f"nameservers must be a list of strings, got the string {nameservers!r}"
+            )
         if nameservers is None:
             servers, system_search, system_ndots = _system_config()
             search = system_search if search is None else search
@@ -127,7 +129,7 @@ class Resolver:
         else:
             servers = [parse_nameserver(text) for text in nameservers]
             if not servers:
-                raise ValueError("nameservers must not be empty (pass None to use /etc/resolv.conf)")
+                raise ValueError("nameservers must not be empty (None reads /etc/resolv.conf)")
         self.nameservers: tuple[Nameserver, ...] = tuple(servers)
         self.search: tuple[str, ...] = tuple(_absolute(s, "search domain") for s in search or ())
         self.ndots = 1 if ndots is None else ndots
@@ -192,7 +194,7 @@ class Resolver:
     # -- public lookups -----------------------------------------------------------
 
     async def resolve_srv(self, name: str) -> EndpointSet:
-        """SRV endpoints of ``name`` with their targets' addresses, RFC 2782 order via ``ordered()``."""
+        """SRV endpoints of ``name`` with target addresses; ``ordered()`` gives RFC 2782 order."""
         self._counters.lookups += 1
         entry = self._srv_sets.fresh(name)
         if entry is not None and entry.value is not None:
@@ -288,14 +290,16 @@ class Resolver:
         data = lookup.data
         records = [wire.decode_srv(data, rr) for rr in lookup.records]
         if len(records) == 1 and records[0][3] == ".":
-            return EndpointSet.build(
-                fqdn, (), ttl=lookup.ttl, stale=lookup.stale, no_service=True
-            )
+            return EndpointSet.build(fqdn, (), ttl=lookup.ttl, stale=lookup.stale, no_service=True)
         targets = {target for *_, target in records if target != "."}
         glue: dict[str, list[str]] = {}
         ttl = lookup.ttl
         for rr in lookup.additional:
-            if rr.name in targets and rr.rdtype in _ADDRESS_TYPES and _within(rr.name, lookup.bailiwick):
+            if (
+                rr.name in targets
+                and rr.rdtype in _ADDRESS_TYPES
+                and _within(rr.name, lookup.bailiwick)
+            ):
                 decode = wire.decode_a if rr.rdtype == wire.TYPE_A else wire.decode_aaaa
                 glue.setdefault(rr.name, []).append(decode(data, rr))
                 ttl = min(ttl, self.policy.clamp_ttl(rr.ttl))
@@ -416,7 +420,8 @@ class Resolver:
             records: list[wire.Record] = []
             for _hop in range(_MAX_CNAME_HOPS):
                 records = [
-                    r for r in msg.answers
+                    r
+                    for r in msg.answers
                     if r.name == current and r.rdtype == qtype and r.rdclass == wire.CLASS_IN
                 ]
                 if records or qtype == wire.TYPE_CNAME:
@@ -447,7 +452,9 @@ class Resolver:
             )
             if msg.rcode == wire.RCODE_NXDOMAIN:
                 raise _NegativeAnswer(
-                    _Negative(True, f"{fqdn} {type_text}: no such name (NXDOMAIN)", fqdn, type_text),
+                    _Negative(
+                        True, f"{fqdn} {type_text}: no such name (NXDOMAIN)", fqdn, type_text
+                    ),
                     negative_ttl,
                 )
             if current != name and soa is None:
@@ -544,7 +551,7 @@ def _rdtype(rdtype: str | int) -> int:
 
 
 def _absolute(name: str, what: str) -> str:
-    """Canonical lowercase absolute form; ValueError naming the input when it is not a valid name."""
+    """Canonical lowercase absolute form, or a ValueError that names the invalid input."""
     if not isinstance(name, str):
         raise ValueError(f"{what} must be a string, got {name!r}")
     if not name or name.strip() != name:
@@ -562,7 +569,7 @@ def _within(name: str, zone: str) -> bool:
 
 
 def _bailiwick(msg: wire.Message, fqdn: str) -> str:
-    """The zone the answering server vouched for: its SOA/NS owner, else the service's parent domain.
+    """The zone the server vouched for: its SOA/NS owner, else the service's parent domain.
 
     Additional records outside it are ignored (RFC 5452 section 6).
     """

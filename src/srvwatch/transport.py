@@ -297,9 +297,7 @@ class Transport:
             await stream.aclose()
             self._counters.sockets_closed += 1
 
-    def _match(
-        self, data: bytes, expected_id: int, qname: str, qtype: int
-    ) -> wire.Message | None:
+    def _match(self, data: bytes, expected_id: int, qname: str, qtype: int) -> wire.Message | None:
         """The parsed response if it answers our question, else None (RFC 5452: ignore it)."""
         try:
             msg = wire.parse(data)
@@ -364,4 +362,3 @@ def _type_text(qtype: int) -> str:
 
 def _unreachable() -> NoReturn:
     raise AssertionError("tenacity returned without an outcome")
-
