@@ -262,7 +262,7 @@ class Resolver:
         if known is not None:
             return known
         absolute = _absolute(name, "name")
-        if name.endswith("."):
+        if _is_absolute(name):
             candidates: tuple[str, ...] = (absolute,)
         else:
             searched = []
@@ -556,12 +556,17 @@ def _absolute(name: str, what: str) -> str:
         raise ValueError(f"{what} must be a string, got {name!r}")
     if not name or name.strip() != name:
         raise ValueError(f"{what} {name!r} is not a valid DNS name")
-    text = name if name.endswith(".") else name + "."
     try:
-        canonical, _end = wire.read_name(wire.encode_name(text), 0)
+        canonical, _end = wire.read_name(wire.encode_name(name), 0)
     except (ValueError, wire.WireError) as exc:
         raise ValueError(f"{what} {name!r} is not a valid DNS name: {exc}") from None
     return canonical
+
+
+def _is_absolute(name: str) -> bool:
+    """Whether the name ends in an unescaped dot (``a\\.`` is a relative name)."""
+    backslashes = len(name[:-1]) - len(name[:-1].rstrip("\\"))
+    return name.endswith(".") and backslashes % 2 == 0
 
 
 def _within(name: str, zone: str) -> bool:

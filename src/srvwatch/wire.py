@@ -1,0 +1,705 @@
+"""DNS wire format (RFC 1035) walked by hand, with every offset bounds-checked.
+
+Every response the resolver receives and every query the stub receives goes through
+here, so the walk avoids building objects it does not need: it records where each
+resource record's TTL and RDATA sit and decodes only the few types srvwatch uses
+(SRV, A, AAAA, CNAME/NS/PTR, SOA). Anything else is handed to dnspython on demand.
+
+The bytes come from the network and may be hostile: the only exception a parse or
+decode function raises is :class:`WireError`. Compression pointers must point
+strictly backwards (so a walk always terminates), never into the header, and names
+are limited to 255 octets once expanded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TypeAlias
+
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+
+__all__ = [
+    "CLASS_IN",
+    "DEFAULT_EDNS_PAYLOAD",
+    "FLAG_AA",
+    "FLAG_QR",
+    "FLAG_RA",
+    "FLAG_RD",
+    "FLAG_TC",
+    "RCODE_FORMERR",
+    "RCODE_NOERROR",
+    "RCODE_NOTIMP",
+    "RCODE_NXDOMAIN",
+    "RCODE_REFUSED",
+    "RCODE_SERVFAIL",
+    "SECTION_ADDITIONAL",
+    "SECTION_ANSWER",
+    "SECTION_AUTHORITY",
+    "TYPE_A",
+    "TYPE_AAAA",
+    "TYPE_ANY",
+    "TYPE_CNAME",
+    "TYPE_NS",
+    "TYPE_OPT",
+    "TYPE_PTR",
+    "TYPE_SOA",
+    "TYPE_SRV",
+    "TYPE_TXT",
+    "Message",
+    "Record",
+    "Soa",
+    "WireError",
+    "age_ttls",
+    "build_query",
+    "decode_a",
+    "decode_aaaa",
+    "decode_cname",
+    "decode_rdata",
+    "decode_soa",
+    "decode_srv",
+    "encode_name",
+    "make_response",
+    "parse",
+    "patch_id",
+    "question_key",
+    "read_name",
+    "rewrite_ttls",
+]
+
+TYPE_A = 1
+TYPE_NS = 2
+TYPE_CNAME = 5
+TYPE_SOA = 6
+TYPE_PTR = 12
+TYPE_TXT = 16
+TYPE_AAAA = 28
+TYPE_SRV = 33
+TYPE_OPT = 41
+TYPE_ANY = 255
+
+CLASS_IN = 1
+
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+
+FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+FLAG_RA = 0x0080
+
+#: DNS flag day 2020: large enough for typical answers, small enough to avoid IP fragmentation.
+DEFAULT_EDNS_PAYLOAD = 1232
+
+SECTION_ANSWER = 1
+SECTION_AUTHORITY = 2
+SECTION_ADDITIONAL = 3
+
+_OPCODE_MASK = 0x7800
+_HEADER_LEN = 12
+# The smallest possible resource record: a root owner name plus the 10-byte fixed part.
+_MIN_RR_LEN = 11
+# A legitimate name needs a handful of hops; the cap bounds the work a hostile
+# message can cause per name (pointer-to-pointer chains add no length).
+_MAX_POINTERS = 32
+_MAX_TTL = 0x7FFFFFFF
+
+_HEADER = struct.Struct(">HHHHHH")
+_RR_FIXED = struct.Struct(">HHIH")
+_QUESTION_FIXED = struct.Struct(">HH")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_SRV_FIXED = struct.Struct(">HHH")
+_SOA_FIXED = struct.Struct(">IIIII")
+
+# Bytes that dnspython prints unescaped in a label: printable ASCII except "().;\@$ and
+# the double quote. Everything else is written as \X (specials) or \DDD.
+_SPECIALS = b'"().;\\@$'
+_PLAIN = bytes(c for c in range(0x21, 0x7F) if c not in _SPECIALS)
+_ESCAPES = tuple(
+    ("\\" + chr(c)) if c in _SPECIALS else (chr(c) if 0x20 < c < 0x7F else f"\\{c:03d}")
+    for c in range(256)
+)
+
+_BytesLike: TypeAlias = "bytes | bytearray | memoryview"
+
+
+class WireError(ValueError):
+    """Malformed or hostile DNS bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Where one resource record sits in a message; RDATA is decoded only on request.
+
+    ``ttl`` is the wire value, except that values with the top bit set count as 0
+    (RFC 2181 §8). The offsets let callers rewrite TTLs in place without re-encoding.
+    """
+
+    name: str
+    rdtype: int
+    rdclass: int
+    ttl: int
+    ttl_offset: int
+    rdata_offset: int
+    rdata_length: int
+    section: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The header, question and record positions of one DNS message."""
+
+    id: int
+    flags: int
+    rcode: int
+    qname: str
+    qtype: int
+    qclass: int
+    answers: tuple[Record, ...]
+    authority: tuple[Record, ...]
+    additional: tuple[Record, ...]
+    edns_payload: int | None
+
+    @property
+    def qr(self) -> bool:
+        return bool(self.flags & FLAG_QR)
+
+    @property
+    def aa(self) -> bool:
+        return bool(self.flags & FLAG_AA)
+
+    @property
+    def tc(self) -> bool:
+        return bool(self.flags & FLAG_TC)
+
+    @property
+    def rd(self) -> bool:
+        return bool(self.flags & FLAG_RD)
+
+    @property
+    def ra(self) -> bool:
+        return bool(self.flags & FLAG_RA)
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags & _OPCODE_MASK) >> 11
+
+
+@dataclass(frozen=True, slots=True)
+class Soa:
+    """SOA RDATA; ``minimum`` bounds the negative-caching TTL (RFC 2308)."""
+
+    mname: str
+    rname: str
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+
+
+def _record_maker() -> Callable[[str, int, int, int, int, int, int, int], Record]:
+    """A constructor for Record about twice as fast as the frozen dataclass ``__init__``.
+
+    parse() builds one Record per resource record, so this is on the hot path. It
+    fills the slots through their descriptors, skipping the frozen ``__setattr__``
+    detour; the result is an ordinary, equal, immutable Record.
+    """
+    new = object.__new__
+    setters = [getattr(Record, f.name).__set__ for f in fields(Record)]
+    s0, s1, s2, s3, s4, s5, s6, s7 = setters
+
+    def make(
+        name: str,
+        rdtype: int,
+        rdclass: int,
+        ttl: int,
+        ttl_offset: int,
+        rdata_offset: int,
+        rdata_length: int,
+        section: int,
+    ) -> Record:
+        rr: Record = new(Record)
+        s0(rr, name)
+        s1(rr, rdtype)
+        s2(rr, rdclass)
+        s3(rr, ttl)
+        s4(rr, ttl_offset)
+        s5(rr, rdata_offset)
+        s6(rr, rdata_length)
+        s7(rr, section)
+        return rr
+
+    return make
+
+
+_new_record = _record_maker()
+
+
+def _as_bytes(data: _BytesLike) -> bytes:
+    # bytes(b) returns b itself for exact bytes, so the common case costs nothing.
+    return data if type(data) is bytes else bytes(data)
+
+
+def _labels_to_text(labels: list[bytes]) -> str:
+    if not labels:
+        return "."
+    raw = b".".join(labels)
+    # Deleting the plain bytes leaves only the separators when no label needs escaping.
+    if len(raw.translate(None, _PLAIN)) == len(labels) - 1:
+        return raw.lower().decode("ascii") + "."
+    escapes = _ESCAPES
+    return ".".join("".join([escapes[c] for c in label.lower()]) for label in labels) + "."
+
+
+# A per-message cache of names already read, keyed by the offset they start at:
+# offset -> (text, octets on the wire, pointers followed, offset just after the name).
+_NameCache: TypeAlias = "dict[int, tuple[str, int, int, int]]"
+
+
+def _read_name(data: bytes, offset: int, cache: _NameCache | None = None) -> tuple[str, int]:
+    """Walk one possibly compressed name starting at ``offset``.
+
+    Each pointer must target an offset strictly before the segment it was found in
+    (so the walk terminates), at or after the header, and the labels read after a
+    jump must stay before that segment: the same rules dnspython applies.
+
+    With ``cache``, a pointer to a name already read is resolved without walking it
+    again, but only when walking it would have passed the same checks, so the result
+    (and every error) is exactly that of the uncached walk.
+    """
+    n = len(data)
+    pos = offset
+    limit = n
+    seg_start = offset
+    end = -1
+    wire_len = 1
+    hops = 0
+    labels: list[bytes] = []
+    suffix = ""
+    while True:
+        if pos >= limit:
+            if limit == n:
+                raise WireError(f"name at offset {offset} is truncated")
+            raise WireError(f"name at offset {offset}: compressed suffix overlaps the name")
+        length = data[pos]
+        if length == 0:
+            if end < 0:
+                end = pos + 1
+            break
+        if length < 0x40:
+            pos += 1
+            nxt = pos + length
+            if nxt > limit:
+                raise WireError(f"name at offset {offset}: label at {pos - 1} runs past its end")
+            wire_len += length + 1
+            if wire_len > 255:
+                raise WireError(f"name at offset {offset} is longer than 255 octets")
+            labels.append(data[pos:nxt])
+            pos = nxt
+        elif length >= 0xC0:
+            if pos + 1 >= limit:
+                raise WireError(f"name at offset {offset}: compression pointer is truncated")
+            ptr = ((length & 0x3F) << 8) | data[pos + 1]
+            if end < 0:
+                end = pos + 2
+            if ptr >= seg_start:
+                raise WireError(
+                    f"name at offset {offset}: compression pointer to {ptr} does not point back"
+                )
+            if ptr < _HEADER_LEN:
+                raise WireError(
+                    f"name at offset {offset}: compression pointer into the header ({ptr})"
+                )
+            hops += 1
+            if hops > _MAX_POINTERS:
+                raise WireError(f"name at offset {offset}: too many compression pointers")
+            if cache is not None:
+                hit = cache.get(ptr)
+                # The cached walk read [ptr, hit_end) under limit n; here the limit is
+                # seg_start, so it is only the same walk if it ended before seg_start.
+                if (
+                    hit is not None
+                    and hit[3] <= seg_start
+                    and wire_len + hit[1] - 1 <= 255
+                    and hops + hit[2] <= _MAX_POINTERS
+                ):
+                    suffix = hit[0]
+                    wire_len += hit[1] - 1
+                    hops += hit[2]
+                    break
+            limit = seg_start
+            seg_start = pos = ptr
+        else:
+            raise WireError(f"name at offset {offset}: reserved label type 0x{length & 0xC0:02x}")
+    text = _labels_to_text(labels)
+    if suffix and suffix != ".":
+        text = text + suffix if labels else suffix
+    if cache is not None:
+        cache[offset] = (text, wire_len, hops, end)
+    return text, end
+
+
+def read_name(data: _BytesLike, offset: int) -> tuple[str, int]:
+    """Read the name at ``offset``: (lowercase presentation form, offset just after it).
+
+    The returned offset is where the name ends in place (after the first pointer, if
+    any), i.e. where the next field starts.
+    """
+    buf = _as_bytes(data)
+    if offset < 0 or offset >= len(buf):
+        raise WireError(f"name offset {offset} is outside the message ({len(buf)} bytes)")
+    return _read_name(buf, offset)
+
+
+def parse(data: _BytesLike) -> Message:
+    """Walk a whole message: header, the single question, and every record's offsets."""
+    buf = _as_bytes(data)
+    n = len(buf)
+    if n < _HEADER_LEN:
+        raise WireError(f"message is {n} bytes, shorter than the 12-byte header")
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf, 0)
+    pos = _HEADER_LEN
+    names: _NameCache = {}
+    if qdcount == 1:
+        qname, pos = _read_name(buf, pos, names)
+        if pos + 4 > n:
+            raise WireError("question is truncated")
+        qtype, qclass = _QUESTION_FIXED.unpack_from(buf, pos)
+        pos += 4
+    elif qdcount == 0:
+        qname = ""
+        qtype = qclass = 0
+    else:
+        raise WireError(f"message has {qdcount} questions; only 0 or 1 is supported")
+    if (ancount + nscount + arcount) * _MIN_RR_LEN > n - pos:
+        raise WireError(
+            f"record counts ({ancount}/{nscount}/{arcount}) exceed the {n}-byte message"
+        )
+
+    answers: list[Record] = []
+    authority: list[Record] = []
+    additional: list[Record] = []
+    edns_payload: int | None = None
+    ext_rcode = 0
+    unpack_rr = _RR_FIXED.unpack_from
+    new_record = _new_record
+    for section, count, out in (
+        (SECTION_ANSWER, ancount, answers),
+        (SECTION_AUTHORITY, nscount, authority),
+        (SECTION_ADDITIONAL, arcount, additional),
+    ):
+        for _ in range(count):
+            name, pos = _read_name(buf, pos, names)
+            rdata = pos + 10
+            if rdata > n:
+                raise WireError(f"record at offset {pos} is truncated")
+            rdtype, rdclass, ttl, rdlen = unpack_rr(buf, pos)
+            pos = rdata + rdlen
+            if pos > n:
+                raise WireError(f"rdata at offset {rdata} runs past the end of the message")
+            if rdtype == TYPE_OPT:
+                if section != SECTION_ADDITIONAL:
+                    raise WireError("OPT record outside the additional section")
+                if edns_payload is not None:
+                    raise WireError("more than one OPT record")
+                if name != ".":
+                    raise WireError(f"OPT record with non-root owner {name!r}")
+                edns_payload = rdclass
+                ext_rcode = ttl >> 24
+                continue
+            if ttl > _MAX_TTL:
+                ttl = 0
+            out.append(new_record(name, rdtype, rdclass, ttl, rdata - 6, rdata, rdlen, section))
+
+    return Message(
+        qid,
+        flags,
+        (flags & 0xF) | (ext_rcode << 4),
+        qname,
+        qtype,
+        qclass,
+        tuple(answers),
+        tuple(authority),
+        tuple(additional),
+        edns_payload,
+    )
+
+
+def question_key(data: _BytesLike) -> tuple[str, int, int]:
+    """(lowercase qname, qtype, qclass) of the single question, without walking the rest."""
+    buf = _as_bytes(data)
+    if len(buf) < _HEADER_LEN:
+        raise WireError(f"message is {len(buf)} bytes, shorter than the 12-byte header")
+    qdcount = _U16.unpack_from(buf, 4)[0]
+    if qdcount != 1:
+        raise WireError(f"message has {qdcount} questions, expected exactly 1")
+    qname, pos = _read_name(buf, _HEADER_LEN)
+    if pos + 4 > len(buf):
+        raise WireError("question is truncated")
+    qtype, qclass = _QUESTION_FIXED.unpack_from(buf, pos)
+    return qname, qtype, qclass
+
+
+def make_response(query: _BytesLike, rcode: int) -> bytes:
+    """A minimal error response to ``query`` (ID, opcode and RD copied, question echoed).
+
+    A query without one parsable question gets a header-only FORMERR instead; the
+    question is echoed byte for byte so a client's 0x20 case randomisation survives.
+    """
+    if not 0 <= rcode <= 15:
+        raise ValueError(f"rcode {rcode!r} does not fit the 4-bit header field")
+    buf = _as_bytes(query)
+    n = len(buf)
+    if n < 2:
+        raise WireError(f"query is {n} bytes, too short to carry an ID")
+    in_flags = _U16.unpack_from(buf, 2)[0] if n >= 4 else 0
+    flags = FLAG_QR | (in_flags & (_OPCODE_MASK | FLAG_RD))
+    end = -1
+    if n >= _HEADER_LEN and _U16.unpack_from(buf, 4)[0] == 1:
+        try:
+            _, name_end = _read_name(buf, _HEADER_LEN)
+        except WireError:
+            pass
+        else:
+            if name_end + 4 <= n:
+                end = name_end + 4
+    if end < 0:
+        return buf[:2] + _U16.pack(flags | RCODE_FORMERR) + bytes(8)
+    return buf[:2] + struct.pack(">HHHHH", flags | rcode, 1, 0, 0, 0) + buf[_HEADER_LEN:end]
+
+
+def _name_error(name: str, why: str) -> ValueError:
+    return ValueError(f"invalid DNS name {name!r}: {why}")
+
+
+def encode_name(name: str) -> bytes:
+    """Presentation form (``\\DDD`` and ``\\X`` escapes allowed, case kept) to uncompressed wire."""
+    if name == "":
+        raise _name_error(name, "empty name")
+    if name == ".":
+        return b"\x00"
+    labels: list[bytes]
+    if "\\" not in name and name.isascii():
+        text = name[:-1] if name.endswith(".") else name
+        labels = [label.encode("ascii") for label in text.split(".")]
+        if b"" in labels:
+            raise _name_error(name, "empty label")
+    else:
+        labels = _unescape_labels(name)
+    for label in labels:
+        if len(label) > 63:
+            raise _name_error(name, f"label {label!r} is longer than 63 octets")
+    wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
+    if len(wire) > 255:
+        raise _name_error(name, f"{len(wire)} octets on the wire, more than 255")
+    return wire
+
+
+def _unescape_labels(name: str) -> list[bytes]:
+    labels: list[bytes] = []
+    current = bytearray()
+    i = 0
+    n = len(name)
+    while i < n:
+        ch = name[i]
+        if ch == ".":
+            if not current:
+                raise _name_error(name, "empty label")
+            labels.append(bytes(current))
+            current = bytearray()
+            i += 1
+        elif ch == "\\":
+            if i + 1 >= n:
+                raise _name_error(name, "bad escape: trailing backslash")
+            nxt = name[i + 1]
+            if "0" <= nxt <= "9":
+                digits = name[i + 1 : i + 4]
+                if len(digits) != 3 or not all("0" <= d <= "9" for d in digits):
+                    raise _name_error(name, f"bad escape \\{digits}: \\DDD needs three digits")
+                value = int(digits)
+                if value > 255:
+                    raise _name_error(name, f"bad escape \\{digits}: value above 255")
+                current.append(value)
+                i += 4
+            else:
+                if not nxt.isascii():
+                    raise _name_error(name, f"bad escape \\{nxt}: not ASCII")
+                current.append(ord(nxt))
+                i += 2
+        else:
+            if not ch.isascii():
+                raise _name_error(name, f"non-ASCII character {ch!r} (IDNA-encode it first)")
+            current.append(ord(ch))
+            i += 1
+    if current:
+        labels.append(bytes(current))
+    return labels
+
+
+def _check_u16(what: str, value: int) -> None:
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"{what} {value!r} is not a 16-bit unsigned integer")
+
+
+def build_query(
+    qname: str,
+    qtype: int,
+    qid: int,
+    *,
+    rd: bool = True,
+    edns_payload: int | None = DEFAULT_EDNS_PAYLOAD,
+    qclass: int = CLASS_IN,
+) -> bytes:
+    """A standard query for one question, with an EDNS(0) OPT record unless disabled."""
+    _check_u16("query id", qid)
+    _check_u16("qtype", qtype)
+    _check_u16("qclass", qclass)
+    if edns_payload is not None and not 512 <= edns_payload <= 0xFFFF:
+        raise ValueError(f"EDNS payload {edns_payload!r} is outside 512..65535")
+    wire = encode_name(qname)
+    header = _HEADER.pack(qid, FLAG_RD if rd else 0, 1, 0, 0, 0 if edns_payload is None else 1)
+    query = header + wire + _QUESTION_FIXED.pack(qtype, qclass)
+    if edns_payload is not None:
+        query += b"\x00" + _RR_FIXED.pack(TYPE_OPT, edns_payload, 0, 0)
+    return query
+
+
+def _rdata_end(data: bytes, rr: Record) -> int:
+    end = rr.rdata_offset + rr.rdata_length
+    if rr.rdata_offset < _HEADER_LEN or end > len(data):
+        raise WireError(f"rdata at offset {rr.rdata_offset} lies outside the message")
+    return end
+
+
+def decode_srv(data: _BytesLike, rr: Record) -> tuple[int, int, int, str]:
+    """(priority, weight, port, target); a target of ``"."`` means "no service" (RFC 2782)."""
+    buf = _as_bytes(data)
+    end = _rdata_end(buf, rr)
+    if rr.rdata_length < 7:
+        raise WireError(f"SRV rdata at offset {rr.rdata_offset} is {rr.rdata_length} bytes")
+    priority, weight, port = _SRV_FIXED.unpack_from(buf, rr.rdata_offset)
+    target, name_end = _read_name(buf, rr.rdata_offset + 6)
+    if name_end != end:
+        raise WireError(f"SRV target at offset {rr.rdata_offset + 6} does not fill the rdata")
+    return priority, weight, port, target
+
+
+def decode_a(data: _BytesLike, rr: Record) -> str:
+    buf = _as_bytes(data)
+    _rdata_end(buf, rr)
+    if rr.rdata_length != 4:
+        raise WireError(f"A rdata at offset {rr.rdata_offset} is {rr.rdata_length} bytes, not 4")
+    return socket.inet_ntoa(buf[rr.rdata_offset : rr.rdata_offset + 4])
+
+
+def decode_aaaa(data: _BytesLike, rr: Record) -> str:
+    """RFC 5952 text, identical to ``ipaddress.IPv6Address(...).compressed``."""
+    buf = _as_bytes(data)
+    _rdata_end(buf, rr)
+    if rr.rdata_length != 16:
+        raise WireError(
+            f"AAAA rdata at offset {rr.rdata_offset} is {rr.rdata_length} bytes, not 16"
+        )
+    packed = buf[rr.rdata_offset : rr.rdata_offset + 16]
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+    if "." in text:
+        # The C library prints IPv4-mapped/compatible addresses in dotted form; ipaddress
+        # decides that form differently across Python versions, so defer to it.
+        return ipaddress.IPv6Address(packed).compressed
+    return text
+
+
+def decode_cname(data: _BytesLike, rr: Record) -> str:
+    """The single name that is the whole RDATA of a CNAME, NS or PTR record."""
+    buf = _as_bytes(data)
+    end = _rdata_end(buf, rr)
+    if rr.rdata_length < 1:
+        raise WireError(f"empty name rdata at offset {rr.rdata_offset}")
+    name, name_end = _read_name(buf, rr.rdata_offset)
+    if name_end != end:
+        raise WireError(f"name at offset {rr.rdata_offset} does not fill the rdata")
+    return name
+
+
+def decode_soa(data: _BytesLike, rr: Record) -> Soa:
+    buf = _as_bytes(data)
+    end = _rdata_end(buf, rr)
+    if rr.rdata_length < 22:
+        raise WireError(f"SOA rdata at offset {rr.rdata_offset} is {rr.rdata_length} bytes")
+    mname, pos = _read_name(buf, rr.rdata_offset)
+    if pos >= end:
+        raise WireError(f"SOA mname at offset {rr.rdata_offset} runs past the rdata")
+    rname, pos = _read_name(buf, pos)
+    if pos + 20 != end:
+        raise WireError(f"SOA rdata at offset {rr.rdata_offset} has the wrong length")
+    serial, refresh, retry, expire, minimum = _SOA_FIXED.unpack_from(buf, pos)
+    return Soa(mname, rname, serial, refresh, retry, expire, minimum)
+
+
+def decode_rdata(data: _BytesLike, rr: Record) -> dns.rdata.Rdata:
+    """Any type, through dnspython; the whole message is passed so compression works."""
+    buf = _as_bytes(data)
+    _rdata_end(buf, rr)
+    try:
+        return dns.rdata.from_wire(
+            dns.rdataclass.RdataClass.make(rr.rdclass),
+            dns.rdatatype.RdataType.make(rr.rdtype),
+            buf,
+            rr.rdata_offset,
+            rr.rdata_length,
+        )
+    except Exception as exc:  # dnspython raises many types; callers need exactly one
+        raise WireError(f"bad type {rr.rdtype} rdata at offset {rr.rdata_offset}: {exc!r}") from exc
+
+
+def patch_id(buf: bytearray, qid: int) -> None:
+    """Overwrite the message ID in place (cached answers are served under the asker's ID)."""
+    _check_u16("query id", qid)
+    if len(buf) < 2:
+        raise ValueError(f"buffer of {len(buf)} bytes has no room for an ID")
+    _U16.pack_into(buf, 0, qid)
+
+
+def _ttl_offsets(buf: bytearray, msg: Message) -> list[int]:
+    offsets = [rr.ttl_offset for rr in (*msg.answers, *msg.authority, *msg.additional)]
+    if offsets and max(offsets) + 4 > len(buf):
+        raise ValueError("buffer is shorter than the message it was parsed from")
+    return offsets
+
+
+def _check_ttl(what: str, value: int) -> None:
+    if not 0 <= value <= _MAX_TTL:
+        raise ValueError(f"{what} {value!r} is outside 0..{_MAX_TTL}")
+
+
+def rewrite_ttls(buf: bytearray, msg: Message, ttl: int) -> None:
+    """Set every record's TTL (never the OPT record's, which holds EDNS flags) in place."""
+    _check_ttl("ttl", ttl)
+    pack = _U32.pack_into
+    for offset in _ttl_offsets(buf, msg):
+        pack(buf, offset, ttl)
+
+
+def age_ttls(buf: bytearray, msg: Message, elapsed: int, floor: int = 0) -> None:
+    """Count every record's TTL down by ``elapsed`` seconds, never below ``floor``."""
+    _check_ttl("elapsed", elapsed)
+    _check_ttl("floor", floor)
+    unpack = _U32.unpack_from
+    pack = _U32.pack_into
+    for offset in _ttl_offsets(buf, msg):
+        current = unpack(buf, offset)[0]
+        if current > _MAX_TTL:
+            current = 0
+        pack(buf, offset, max(current - elapsed, floor))

@@ -1,0 +1,188 @@
+"""The resolver under faults injected by ZoneServer: timeouts, SERVFAIL, TC, spoofing, failover."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import anyio
+import pytest
+
+import srvwatch
+from srvwatch.testing import Fault, ZoneServer
+
+pytestmark = pytest.mark.anyio
+
+ZONE = """\
+$TTL 30
+@               SOA  ns hostmaster 1 3600 600 86400 5
+@               NS   ns
+ns              A    127.0.0.1
+_http._tcp.api  SRV  10 60 8080 a.api
+_http._tcp.api  SRV  10 40 8080 b.api
+a.api           A    10.0.0.1
+b.api           A    10.0.0.2
+host            A    10.0.0.9
+"""
+SRV = "_http._tcp.api.svc.test."
+FAST = srvwatch.Policy(timeout=0.1, lifetime=0.4, min_ttl=5.0)
+
+
+def targets(eps: srvwatch.EndpointSet) -> set[str]:
+    return {e.target for e in eps}
+
+
+async def test_timeout_raises_resolve_timeout_within_the_lifetime() -> None:
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=FAST) as r:
+        server.inject(Fault(drop=True))
+        started = time.monotonic()
+        with pytest.raises(srvwatch.ResolveTimeout, match="no answer within"):
+            await r.resolve_srv(SRV)
+        elapsed = time.monotonic() - started
+        assert 0.35 <= elapsed < 1.0
+        assert r.stats()["timeouts"] >= 3
+        # Retries are bounded: the lifetime allows at most lifetime / timeout attempts.
+        assert server.query_count() <= 4
+
+
+async def test_servfail_raises_and_is_remembered() -> None:
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=FAST) as r:
+        server.inject(Fault(rcode="SERVFAIL"))
+        with pytest.raises(srvwatch.ServerFailure, match="SERVFAIL"):
+            await r.resolve_srv(SRV)
+        assert server.query_count() == 1  # one server, asked once: no hammering
+        with pytest.raises(srvwatch.ServerFailure):
+            await r.resolve_srv(SRV)
+        assert server.query_count() == 1  # remembered for servfail_ttl
+
+
+async def test_truncated_udp_answer_is_retried_over_tcp() -> None:
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address]) as r:
+        server.inject(Fault(truncate=True))
+        eps = await r.resolve_srv(SRV)
+        assert targets(eps) == {"a.api.svc.test.", "b.api.svc.test."}
+        stats = r.stats()
+        assert stats["truncated"] == 1
+        assert stats["tcp_queries"] == 1
+    assert r.stats()["sockets_opened"] == r.stats()["sockets_closed"]
+
+
+@pytest.mark.parametrize("spoof", ["wrong_id", "wrong_question"])
+async def test_mismatched_response_is_ignored(spoof: str) -> None:
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address]) as r:
+        server.inject(Fault(**{spoof: True}))  # type: ignore[arg-type]
+        answer = await r.resolve("host.svc.test", "A")
+        assert [rd.to_text() for rd in answer.records] == ["10.0.0.9"]
+        assert r.stats()["ignored_responses"] == 1
+        assert r.stats()["queries"] == 1
+
+
+async def test_refused_first_nameserver_fails_over() -> None:
+    async with (
+        ZoneServer(ZONE) as bad,
+        ZoneServer(ZONE) as good,
+        srvwatch.Resolver([bad.address, good.address], policy=FAST) as r,
+    ):
+        bad.inject(Fault(rcode="REFUSED"))
+        eps = await r.resolve_srv(SRV)
+        assert len(eps) == 2
+        assert bad.query_count() == 1
+        assert good.query_count() == 1
+
+
+async def test_silent_first_nameserver_fails_over_after_one_timeout() -> None:
+    async with (
+        ZoneServer(ZONE) as dead,
+        ZoneServer(ZONE) as good,
+        srvwatch.Resolver([dead.address, good.address], policy=FAST) as r,
+    ):
+        dead.inject(Fault(drop=True))
+        started = time.monotonic()
+        eps = await r.resolve_srv(SRV)
+        assert len(eps) == 2
+        assert time.monotonic() - started < 0.35
+        assert r.stats()["timeouts"] == 1
+
+
+async def test_closed_port_fails_over_at_once() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    async with (
+        ZoneServer(ZONE) as good,
+        srvwatch.Resolver([f"127.0.0.1:{closed_port}", good.address], policy=FAST) as r,
+    ):
+        started = time.monotonic()
+        eps = await r.resolve_srv(SRV)
+        assert len(eps) == 2
+        assert time.monotonic() - started < 0.1  # ICMP port unreachable, no timeout wait
+        assert r.stats()["network_errors"] == 1
+
+
+async def test_stale_answer_served_when_upstream_fails() -> None:
+    policy = srvwatch.Policy(
+        timeout=0.05, lifetime=0.15, min_ttl=0.05, max_ttl=0.05, servfail_ttl=0.05
+    )
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=policy) as r:
+        fresh = await r.resolve_srv(SRV)
+        assert not fresh.stale
+        await anyio.sleep(0.06)
+        server.inject(Fault(drop=True))
+        stale = await r.resolve_srv(SRV)
+        assert stale.stale
+        assert targets(stale) == targets(fresh)
+        assert r.stats()["stale"] >= 1
+        server.clear_faults()
+        await anyio.sleep(0.06)
+        recovered = await r.resolve_srv(SRV)
+        assert not recovered.stale
+        assert targets(recovered) == targets(fresh)
+
+
+async def test_nxdomain_empties_where_failure_does_not() -> None:
+    policy = srvwatch.Policy(
+        timeout=0.05, lifetime=0.15, min_ttl=0.05, max_ttl=0.05, negative_min_ttl=0.05
+    )
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=policy) as r:
+        await r.resolve_srv(SRV)
+        await anyio.sleep(0.06)
+        server.delete("_http._tcp.api")
+        server.delete("a.api")
+        server.delete("b.api")
+        with pytest.raises(srvwatch.NXDomain):
+            await r.resolve_srv(SRV)
+
+
+async def test_cancelled_caller_does_not_cancel_the_shared_query() -> None:
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address]) as r:
+        server.inject(Fault(latency=0.2))
+        results: list[srvwatch.EndpointSet] = []
+
+        async def patient() -> None:
+            results.append(await r.resolve_srv(SRV))
+
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as impatient:
+                tg.start_soon(patient)
+                tg.start_soon(patient)
+                with anyio.move_on_after(0.05) as scope:
+                    await r.resolve_srv(SRV)
+                assert scope.cancelled_caught
+            assert not impatient.cancel_called
+        assert len(results) == 2
+        assert server.query_count() == 1
+        assert r.stats()["coalesced"] == 2
+
+
+async def test_closing_the_resolver_mid_lookup_closes_its_sockets() -> None:
+    async with ZoneServer(ZONE) as server:
+        server.inject(Fault(latency=5.0))
+        async with srvwatch.Resolver([server.address]) as r:
+            with anyio.move_on_after(0.1):
+                await r.resolve_srv(SRV)
+            assert r.stats()["flights_in_progress"] >= 1
+        stats = r.stats()
+        assert stats["sockets_opened"] == stats["sockets_closed"] >= 1
+        assert stats["flights_started"] == stats["flights_finished"]
+        with pytest.raises(RuntimeError, match="closed"):
+            await r.resolve_srv("other.svc.test")
