@@ -392,6 +392,7 @@ class ZoneServer:
     # -- faults and counters -----------------------------------------------------------------
 
     def inject(self, fault: Fault) -> None:
+        """Arm ``fault`` for the next matching queries (until ``count`` runs out or cleared)."""
         qname = (
             None if fault.name is None else self._name(fault.name).canonicalize().to_digestable()
         )
@@ -399,6 +400,7 @@ class ZoneServer:
         self._faults.append(_Armed(fault, qname, rdtype, fault.count))
 
     def clear_faults(self) -> None:
+        """Disarm every fault: the server answers normally again."""
         self._faults.clear()
 
     def query_count(self, name: str | None = None, rdtype: str | None = None) -> int:
