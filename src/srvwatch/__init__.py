@@ -10,7 +10,8 @@ from __future__ import annotations
 from .endpoints import Endpoint, EndpointSet, Update
 from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
 from .policy import Policy
-from .resolver import Answer, Resolver
+from .resolver import Answer, Resolver, watch
+from .watch import Updates
 
 __all__ = [
     "Answer",
@@ -24,6 +25,8 @@ __all__ = [
     "Resolver",
     "ServerFailure",
     "Update",
+    "Updates",
+    "watch",
 ]
 
 __version__ = "0.1.0"

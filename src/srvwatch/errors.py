@@ -6,12 +6,19 @@ __all__ = ["NXDomain", "NoData", "ResolveError", "ResolveTimeout", "ServerFailur
 
 
 class ResolveError(Exception):
-    """A lookup failed; ``name`` and ``rdtype`` say which one."""
+    """A lookup failed; ``name`` and ``rdtype`` say which one.
 
-    def __init__(self, message: str, *, name: str = "", rdtype: str = "") -> None:
+    ``ttl`` is set on negative answers (NXDOMAIN, NODATA): how long the
+    answer may be trusted, from the SOA minimum (RFC 2308), clamped.
+    """
+
+    def __init__(
+        self, message: str, *, name: str = "", rdtype: str = "", ttl: float | None = None
+    ) -> None:
         super().__init__(message)
         self.name = name
         self.rdtype = rdtype
+        self.ttl = ttl
 
 
 class NXDomain(ResolveError):

@@ -6,9 +6,11 @@ increment; Prometheus exposition is built from :meth:`Counters.snapshot`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
-__all__ = ["Counters"]
+__all__ = ["PER_NAME_LIMIT", "Counters"]
+
+PER_NAME_LIMIT = 10_000
 
 
 @dataclass(slots=True)
@@ -39,6 +41,22 @@ class Counters:
     sockets_closed: int = 0
     flights_started: int = 0
     flights_finished: int = 0
+    watches_started: int = 0
+    watches_stopped: int = 0
+    loops_started: int = 0
+    loops_stopped: int = 0
+    updates_emitted: int = 0
+
+    queries_by_name: dict[str, int] = field(default_factory=dict)
+    """Upstream queries per absolute name, for the first ``PER_NAME_LIMIT`` names seen."""
+
+    def count_query(self, qname: str) -> None:
+        self.queries += 1
+        by_name = self.queries_by_name
+        if qname in by_name:
+            by_name[qname] += 1
+        elif len(by_name) < PER_NAME_LIMIT:
+            by_name[qname] = 1
 
     def snapshot(self) -> dict[str, int]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}

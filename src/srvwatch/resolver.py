@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -31,8 +32,9 @@ from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailur
 from .metrics import Counters
 from .policy import Policy
 from .transport import Nameserver, Transport, parse_nameserver
+from .watch import Updates, WatchLoop
 
-__all__ = ["Answer", "Resolver"]
+__all__ = ["Answer", "Resolver", "watch"]
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,11 @@ class _Negative:
     message: str
     name: str
     rdtype: str
+    ttl: float = 0.0
 
     def error(self) -> ResolveError:
         cls = NXDomain if self.nxdomain else NoData
-        return cls(self.message, name=self.name, rdtype=self.rdtype)
+        return cls(self.message, name=self.name, rdtype=self.rdtype, ttl=self.ttl)
 
 
 class _Flight:
@@ -145,6 +148,7 @@ class Resolver:
         self._address_sets: Cache[str, tuple[str, ...]] = Cache(self.policy, clock)
         self._answers: Cache[tuple[str, int], Answer] = Cache(self.policy, clock)
         self._flights: dict[object, _Flight] = {}
+        self._loops: dict[tuple[str, int], WatchLoop] = {}
         self._names: dict[str, tuple[str, ...]] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closed = False
@@ -187,9 +191,96 @@ class Resolver:
         """Counters: queries, hits, misses, coalesced, stale, sockets opened/closed, ..."""
         snapshot = self._counters.snapshot()
         snapshot["flights_in_progress"] = len(self._flights)
+        snapshot["loops_running"] = len(self._loops)
         snapshot["cache_entries"] = len(self._records)
         snapshot["cache_evictions"] = self._records.evictions
         return snapshot
+
+    def queries_by_name(self) -> dict[str, int]:
+        """Upstream queries sent per absolute name (the first 10,000 names seen)."""
+        return dict(self._counters.queries_by_name)
+
+    # -- watching -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def watch(self, name: str, rdtype: str = "SRV") -> AsyncIterator[Updates]:
+        """Subscribe to endpoint changes of ``name``: ``async for update in updates``.
+
+        The first update is the initial state; later ones come only when the
+        endpoints, their addresses, priorities, weights or ports, or the stale
+        flag change. Every watcher of one (name, type) shares one refresh
+        loop, which stops when the last watcher leaves. ``rdtype`` is "SRV",
+        or "A"/"AAAA" to watch addresses (one endpoint per address, port 0).
+        """
+        qtype = _rdtype(rdtype)
+        if qtype not in (wire.TYPE_SRV, wire.TYPE_A, wire.TYPE_AAAA):
+            raise ValueError(f"watch supports SRV, A and AAAA records, not {rdtype!r}")
+        self._candidates(name)  # a bad name fails here, before anything starts
+        if self._task_group is None or self._closed:
+            raise RuntimeError(
+                "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
+                if not self._closed
+                else "the Resolver is closed"
+            )
+        key = (name, qtype)
+        loop = self._loops.get(key)
+        if loop is None:
+            loop = WatchLoop(
+                name,
+                lambda: self._refresh(name, qtype),
+                self.policy,
+                self._counters,
+                self._clock,
+            )
+            self._loops[key] = loop
+            self._task_group.start_soon(self._run_loop, key, loop)
+        updates = Updates(loop)
+        loop.subscribers.add(updates)
+        self._counters.watches_started += 1
+        try:
+            yield updates
+        finally:
+            updates.closed = True
+            loop.subscribers.discard(updates)
+            self._counters.watches_stopped += 1
+            if not loop.subscribers:
+                loop.stop()
+                if self._loops.get(key) is loop:
+                    del self._loops[key]
+
+    async def _run_loop(self, key: tuple[str, int], loop: WatchLoop) -> None:
+        try:
+            await loop.run()
+        finally:
+            if self._loops.get(key) is loop:
+                del self._loops[key]
+
+    @property
+    def ready(self) -> bool:
+        """Every watched name has had a first answer (fresh, negative or stale)."""
+        return all(loop.answered for loop in self._loops.values())
+
+    def pending(self) -> list[str]:
+        """Watched names still waiting for their first answer, for a readiness endpoint."""
+        return sorted({loop.name for loop in self._loops.values() if not loop.answered})
+
+    async def _refresh(self, name: str, qtype: int) -> EndpointSet:
+        """A fresh upstream answer for a watch loop; failures raise, nothing stale."""
+        if qtype == wire.TYPE_SRV:
+            result = await self._search(name, lambda fqdn: self._srv_set(fqdn, refresh=True))
+            self._srv_sets.put(name, result, result.ttl)
+            return result
+
+        async def addresses(fqdn: str) -> EndpointSet:
+            lookup = await self._lookup(fqdn, qtype, refresh=True)
+            decode = wire.decode_a if qtype == wire.TYPE_A else wire.decode_aaaa
+            endpoints = [
+                Endpoint(target=fqdn, port=0, addresses=(decode(lookup.data, rr),))
+                for rr in lookup.records
+            ]
+            return EndpointSet.build(fqdn, endpoints, ttl=lookup.ttl)
+
+        return await self._search(name, addresses)
 
     # -- public lookups -----------------------------------------------------------
 
@@ -282,11 +373,13 @@ class Resolver:
 
     # -- SRV and address sets -----------------------------------------------------
 
-    async def _srv_set(self, fqdn: str) -> EndpointSet:
-        return await self._coalesce(("srv", fqdn), lambda: self._build_srv_set(fqdn))
+    async def _srv_set(self, fqdn: str, *, refresh: bool = False) -> EndpointSet:
+        return await self._coalesce(
+            ("srv", fqdn, refresh), lambda: self._build_srv_set(fqdn, refresh)
+        )
 
-    async def _build_srv_set(self, fqdn: str) -> EndpointSet:
-        lookup = await self._lookup(fqdn, wire.TYPE_SRV, inline=True)
+    async def _build_srv_set(self, fqdn: str, refresh: bool) -> EndpointSet:
+        lookup = await self._lookup(fqdn, wire.TYPE_SRV, inline=True, refresh=refresh)
         data = lookup.data
         records = [wire.decode_srv(data, rr) for rr in lookup.records]
         if len(records) == 1 and records[0][3] == ".":
@@ -310,20 +403,31 @@ class Resolver:
         async def expand(target: str) -> None:
             nonlocal ttl, stale
             try:
-                found, found_ttl, found_stale = await self._address_set(target, inline=True)
+                found, found_ttl, found_stale = await self._address_set(
+                    target, inline=True, refresh=refresh
+                )
+            except (NXDomain, NoData) as exc:
+                log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, exc)
+                found, found_ttl, found_stale = (), exc.ttl or self.policy.negative_min_ttl, False
             except ResolveError as exc:
+                if refresh:
+                    failures.append(exc)  # a watch keeps its last good endpoints instead
+                    return
                 log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, exc)
                 found, found_ttl, found_stale = (), self.policy.negative_min_ttl, False
             addresses[target] = found
             ttl = min(ttl, found_ttl)
             stale = stale or found_stale
 
+        failures: list[ResolveError] = []
         if len(missing) == 1:
             await expand(missing[0])
         elif missing:
             async with anyio.create_task_group() as task_group:
                 for target in missing:
                     task_group.start_soon(expand, target)
+        if failures:
+            raise failures[0]
         endpoints = [
             Endpoint(
                 target=target,
@@ -338,14 +442,14 @@ class Resolver:
         return EndpointSet.build(fqdn, endpoints, ttl=ttl, stale=stale)
 
     async def _address_set(
-        self, fqdn: str, *, inline: bool = False
+        self, fqdn: str, *, inline: bool = False, refresh: bool = False
     ) -> tuple[tuple[str, ...], float, bool]:
         """(addresses, ttl, stale) for one absolute name: A and AAAA at once."""
         results: dict[int, _Lookup | ResolveError] = {}
 
         async def one(qtype: int) -> None:
             try:
-                results[qtype] = await self._lookup(fqdn, qtype, inline=inline)
+                results[qtype] = await self._lookup(fqdn, qtype, inline=inline, refresh=refresh)
             except ResolveError as exc:
                 results[qtype] = exc
 
@@ -371,7 +475,20 @@ class Resolver:
 
     # -- records: cache, coalescing, upstream ---------------------------------------
 
-    async def _lookup(self, fqdn: str, qtype: int, *, inline: bool = False) -> _Lookup:
+    async def _lookup(
+        self, fqdn: str, qtype: int, *, inline: bool = False, refresh: bool = False
+    ) -> _Lookup:
+        """Cached records of one absolute name.
+
+        ``refresh`` (for watch loops) skips the cache and never serves stale:
+        failures are raised, because the loop keeps its own last good answer.
+        """
+        if refresh:
+            return await self._coalesce(
+                ("refresh", fqdn, qtype),
+                lambda: self._fetch(fqdn, qtype, serve_stale=False),
+                inline=inline,
+            )
         key = (fqdn, qtype)
         entry = self._records.get(key)
         if entry is not None:
@@ -391,17 +508,19 @@ class Resolver:
         self._counters.misses += 1
         return await self._coalesce(key, lambda: self._fetch(fqdn, qtype), inline=inline)
 
-    async def _fetch(self, fqdn: str, qtype: int) -> _Lookup:
+    async def _fetch(self, fqdn: str, qtype: int, *, serve_stale: bool = True) -> _Lookup:
         key = (fqdn, qtype)
         try:
             lookup = await self._query(fqdn, qtype)
         except _NegativeAnswer as negative:
-            self._records.put(key, negative.value, negative.ttl, negative=True)
-            raise negative.value.error() from None
+            stored = self._records.put(key, negative.value, negative.ttl, negative=True)
+            negative_value = replace(negative.value, ttl=stored.ttl)
+            stored.value = negative_value
+            raise negative_value.error() from None
         except (ResolveTimeout, ServerFailure) as exc:
             entry = self._records.put_failure(key, exc)
             value = entry.value
-            if isinstance(value, _Lookup) and entry.servable_stale(self._clock()):
+            if serve_stale and isinstance(value, _Lookup) and entry.servable_stale(self._clock()):
                 self._counters.stale += 1
                 log.info("serving stale %s: %s", fqdn, exc)
                 return replace(value, stale=True)
@@ -521,6 +640,17 @@ class Resolver:
             flight.done.set()
 
 
+@asynccontextmanager
+async def watch(name: str, rdtype: str = "SRV", **resolver_options: Any) -> AsyncIterator[Updates]:
+    """Watch one name with a :class:`Resolver` of its own, closed when the watch ends.
+
+    ``resolver_options`` are :class:`Resolver`'s keyword arguments
+    (``nameservers``, ``policy``, ...).
+    """
+    async with Resolver(**resolver_options) as resolver, resolver.watch(name, rdtype) as updates:
+        yield updates
+
+
 class _NegativeAnswer(Exception):
     def __init__(self, value: _Negative, ttl: float) -> None:
         super().__init__(value.message)
@@ -531,7 +661,7 @@ class _NegativeAnswer(Exception):
 def _clone(error: BaseException) -> BaseException:
     """A fresh copy of a shared error, so tracebacks never pile up on one instance."""
     if isinstance(error, ResolveError):
-        return type(error)(str(error), name=error.name, rdtype=error.rdtype)
+        return type(error)(str(error), name=error.name, rdtype=error.rdtype, ttl=error.ttl)
     return error
 
 

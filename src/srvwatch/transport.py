@@ -257,7 +257,7 @@ class Transport:
         try:
             query_id = os.urandom(2)
             entry.sock.send(query_id + template[2:])
-            self._counters.queries += 1
+            self._counters.count_query(qname)
             expected_id = struct.unpack("!H", query_id)[0]
             while True:
                 await anyio.wait_readable(entry.sock)
@@ -282,7 +282,7 @@ class Transport:
         self._counters.sockets_opened += 1
         try:
             await stream.send(struct.pack("!H", len(query)) + query)
-            self._counters.queries += 1
+            self._counters.count_query(qname)
             self._counters.tcp_queries += 1
             reader = BufferedByteReceiveStream(stream)
             while True:
