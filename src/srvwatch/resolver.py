@@ -151,6 +151,7 @@ class Resolver:
         self._loops: dict[tuple[str, int], WatchLoop] = {}
         self._names: dict[str, tuple[str, ...]] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_scopes: set[anyio.CancelScope] = set()
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------
@@ -181,11 +182,30 @@ class Resolver:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop every lookup in progress and close every socket."""
+        """Stop every lookup and watch loop in progress and close every socket.
+
+        Safe to call inside the ``async with`` body: only the resolver's own
+        tasks are cancelled, never the caller.
+        """
         self._closed = True
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+        for scope in list(self._task_scopes):
+            scope.cancel()
         await self._transport.aclose()
+
+    def _spawn(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Start one of the resolver's own tasks, cancellable by :meth:`aclose`."""
+        assert self._task_group is not None
+        self._task_group.start_soon(self._guarded, func, *args)
+
+    async def _guarded(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        with anyio.CancelScope() as scope:
+            if self._closed:
+                scope.cancel()
+            self._task_scopes.add(scope)
+            try:
+                await func(*args)
+            finally:
+                self._task_scopes.discard(scope)
 
     def stats(self) -> dict[str, int]:
         """Counters: queries, hits, misses, coalesced, stale, sockets opened/closed, ..."""
@@ -233,7 +253,7 @@ class Resolver:
                 self._clock,
             )
             self._loops[key] = loop
-            self._task_group.start_soon(self._run_loop, key, loop)
+            self._spawn(self._run_loop, key, loop)
         updates = Updates(loop)
         loop.subscribers.add(updates)
         self._counters.watches_started += 1
@@ -615,7 +635,7 @@ class Resolver:
                     raise RuntimeError(
                         "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
                     )
-                self._task_group.start_soon(self._run_flight, key, flight, work)
+                self._spawn(self._run_flight, key, flight, work)
         else:
             self._counters.coalesced += 1
         await flight.done.wait()
