@@ -1,24 +1,27 @@
-"""Command line: ``srvwatch resolve`` for one lookup, ``srvwatch demo`` to see it work."""
+"""Command line: ``srvwatch resolve`` once, ``srvwatch watch`` continuously, ``srvwatch demo``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
-from .endpoints import EndpointSet
+from .endpoints import EndpointSet, Update
 from .errors import ResolveError
 from .policy import Policy
 from .resolver import Resolver
 
+if TYPE_CHECKING:
+    from .testing import ZoneServer
+
 __all__ = ["main"]
 
 DEMO_ZONE = """\
-$TTL 30
-@                 SOA  ns hostmaster 1 3600 600 86400 5
+$TTL 1
+@                 SOA  ns hostmaster 1 3600 600 86400 1
 @                 NS   ns
 ns                A    127.0.0.1
 _http._tcp.api    SRV  10 60 8080 api-1
@@ -47,22 +50,96 @@ def print_endpoints(endpoints: EndpointSet, out: TextIO) -> None:
         )
 
 
-async def _demo(out: TextIO) -> int:
+def print_update(update: Update, out: TextIO) -> None:
+    """One update: what changed, then the whole set in RFC 2782 order."""
+    state = "STALE" if update.stale else "fresh"
+    changes = [f"+{ep.target}:{ep.port}{list(ep.addresses)}" for ep in update.added]
+    changes += [f"-{ep.target}:{ep.port}{list(ep.addresses)}" for ep in update.removed]
+    print(
+        f"update {update.version} [{state}] {' '.join(changes) or '(no endpoint change)'}", file=out
+    )
+    if update.error:
+        print(f"  upstream failing, keeping the last good endpoints: {update.error}", file=out)
+    print_endpoints(update.endpoints, out)
+
+
+async def _rolling_deploy(server: ZoneServer, out: TextIO, step: float, forever: bool) -> None:
+    """Change the demo zone the way a rolling deploy and a DNS outage would."""
+    from .testing import Fault
+
+    while True:
+        await anyio.sleep(step)
+        print("-- deploy: api-3 joins", file=out)
+        server.set_records("api-3", "A", ["10.0.0.14"], ttl=1)
+        server.add_records("_http._tcp.api", "SRV", ["10 50 8080 api-3"], ttl=1)
+        await anyio.sleep(step)
+        print("-- deploy: api-2 leaves", file=out)
+        server.set_records(
+            "_http._tcp.api",
+            "SRV",
+            ["10 60 8080 api-1", "20 0 8080 api-backup", "10 50 8080 api-3"],
+            ttl=1,
+        )
+        await anyio.sleep(step)
+        print("-- deploy: api-1 moves to a new address", file=out)
+        server.set_records("api-1", "A", ["10.0.0.21"], ttl=1)
+        await anyio.sleep(step)
+        print("-- DNS outage: the server stops answering", file=out)
+        server.inject(Fault(drop=True))
+        await anyio.sleep(step * 2)
+        print("-- DNS is back", file=out)
+        server.clear_faults()
+        await anyio.sleep(step)
+        if not forever:
+            return
+        print("-- back to the start", file=out)
+        server.set_records(
+            "_http._tcp.api",
+            "SRV",
+            ["10 60 8080 api-1", "10 40 8080 api-2", "20 0 8080 api-backup"],
+            ttl=1,
+        )
+        server.set_records("api-1", "A", ["10.0.0.11"], ttl=1)
+
+
+async def _demo(out: TextIO, forever: bool = False, step: float = 2.0) -> int:
     from .testing import ZoneServer
 
+    policy = Policy(
+        min_ttl=0.5, max_ttl=1.0, timeout=0.3, lifetime=0.6, backoff_base=0.5, backoff_max=2.0
+    )
     async with ZoneServer(DEMO_ZONE, origin=DEMO_ORIGIN) as server:
-        print(f"ZoneServer for {DEMO_ORIGIN} on {server.address}", file=out)
-        async with Resolver([server.address]) as resolver:
-            endpoints = await resolver.resolve_srv(DEMO_SERVICE)
-            print_endpoints(endpoints, out)
-            again = await resolver.resolve_srv(DEMO_SERVICE)
-            assert again is endpoints
-            stats = resolver.stats()
-            print(
-                f"queries sent: {stats['queries']}, cache hits: {stats['hits']}, "
-                f"sockets opened/closed: {stats['sockets_opened']}/{stats['sockets_closed']}",
-                file=out,
-            )
+        print(
+            f"ZoneServer for {DEMO_ORIGIN} on {server.address}; watching {DEMO_SERVICE}", file=out
+        )
+        async with Resolver([server.address], policy=policy) as resolver:
+            async with anyio.create_task_group() as tasks, resolver.watch(DEMO_SERVICE) as updates:
+
+                async def script() -> None:
+                    await _rolling_deploy(server, out, step, forever)
+                    await anyio.sleep(step / 2)
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(script)
+                async for update in updates:
+                    print_update(update, out)
+        stats = resolver.stats()
+        print(
+            f"queries sent: {stats['queries']}, updates: {stats['updates_emitted']}, "
+            f"sockets opened/closed: {stats['sockets_opened']}/{stats['sockets_closed']}, "
+            f"loops started/stopped: {stats['loops_started']}/{stats['loops_stopped']}",
+            file=out,
+        )
+    return 0
+
+
+async def _watch(args: argparse.Namespace, out: TextIO) -> int:
+    policy = Policy(timeout=args.timeout, lifetime=max(args.lifetime, args.timeout))
+    resolver = Resolver(args.nameserver or None, policy=policy)
+    async with resolver, resolver.watch(args.name, args.type) as updates:
+        async for update in updates:
+            print_update(update, out)
+            out.flush()
     return 0
 
 
@@ -94,7 +171,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     resolve.add_argument("--timeout", type=float, default=1.0, help="per attempt, seconds")
     resolve.add_argument("--lifetime", type=float, default=5.0, help="per lookup, seconds")
-    commands.add_parser("demo", help="resolve a sample zone served by an embedded DNS server")
+    watch = commands.add_parser("watch", help="print every change of a name until Ctrl-C")
+    watch.add_argument("name")
+    watch.add_argument("type", nargs="?", default="SRV", choices=["SRV", "A", "AAAA"])
+    watch.add_argument("-n", "--nameserver", action="append", help="as for resolve")
+    watch.add_argument("--timeout", type=float, default=1.0, help="per attempt, seconds")
+    watch.add_argument("--lifetime", type=float, default=5.0, help="per lookup, seconds")
+    demo = commands.add_parser(
+        "demo", help="watch a sample service through a rolling deploy and a DNS outage"
+    )
+    demo.add_argument("--forever", action="store_true", help="repeat until Ctrl-C")
+    demo.add_argument("--step", type=float, default=2.0, help="seconds between zone changes")
     return parser
 
 
@@ -103,7 +190,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     stream = out if out is not None else sys.stdout
     try:
         if args.command == "demo":
-            return anyio.run(_demo, stream)
+            if args.step <= 0:
+                raise ValueError(f"--step must be > 0, got {args.step}")
+            return anyio.run(_demo, stream, args.forever, args.step)
+        if args.command == "watch":
+            return anyio.run(_watch, args, stream)
         return anyio.run(_resolve, args, stream)
     except (ResolveError, ValueError) as exc:
         print(f"srvwatch: {exc}", file=sys.stderr)
