@@ -494,3 +494,15 @@ def test_update_version_must_be_positive(version: int) -> None:
 def test_update_version_type() -> None:
     with pytest.raises(TypeError, match="Update version must be an int"):
         Update(NAME, BASE, (), (), False, None, True)
+
+
+@given(
+    st.lists(st.ip_addresses().map(lambda a: a.compressed), max_size=8),
+    st.integers(0, 65535),
+)
+def test_from_wire_equals_the_validating_constructor(addresses: list[str], port: int) -> None:
+    fast = Endpoint.from_wire("a.svc.test.", port, 1, 2, addresses)
+    slow = Endpoint("a.svc.test.", port, 1, 2, tuple(addresses))
+    assert fast == slow
+    assert fast.addresses == slow.addresses
+    assert hash(fast) == hash(slow)

@@ -14,11 +14,12 @@ import dataclasses
 import ipaddress
 import math
 import random
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["Endpoint", "EndpointSet", "Update", "changed", "diff"]
+__all__ = ["Endpoint", "EndpointSet", "Update", "canonical_addresses", "changed", "diff"]
 
 _U16_MAX = 65_535
 
@@ -70,6 +71,20 @@ def _normalize_addresses(value: object) -> tuple[str, ...]:
     return tuple(str(a) for a in sorted(parsed, key=_address_sort_key))
 
 
+def _packed_key(address: str) -> tuple[int, bytes]:
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    return (len(packed), packed)
+
+
+def canonical_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """Canonical address text, deduplicated, in the same order as :class:`Endpoint` uses.
+
+    For text that is canonical already (as the wire decoder produces): IPv4
+    before IPv6, numeric within each, without building ipaddress objects.
+    """
+    return tuple(sorted(dict.fromkeys(addresses), key=_packed_key))
+
+
 @dataclass(frozen=True, slots=True, order=False)
 class Endpoint:
     """One SRV record (RFC 2782) plus the addresses its target resolved to.
@@ -92,6 +107,25 @@ class Endpoint:
         _check_u16(self.priority, "Endpoint priority")
         _check_u16(self.weight, "Endpoint weight")
         object.__setattr__(self, "addresses", _normalize_addresses(self.addresses))
+
+    @classmethod
+    def from_wire(
+        cls, target: str, port: int, priority: int, weight: int, addresses: Iterable[str]
+    ) -> Endpoint:
+        """Build from values the wire decoder produced, skipping re-validation.
+
+        The decoder already yields lowercase absolute names, 16-bit integers
+        and canonical address text, and re-parsing every address with
+        :mod:`ipaddress` doubled the cost of a cold lookup.
+        """
+        ep = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(ep, "target", target)
+        setattr_(ep, "port", port)
+        setattr_(ep, "priority", priority)
+        setattr_(ep, "weight", weight)
+        setattr_(ep, "addresses", canonical_addresses(addresses))
+        return ep
 
     def key(self) -> EndpointKey:
         """A plain tuple with the endpoint's identity, for sets, logs and JSON."""

@@ -27,7 +27,7 @@ import dns.resolver
 
 from . import wire
 from .cache import Cache, Clock
-from .endpoints import Endpoint, EndpointSet
+from .endpoints import Endpoint, EndpointSet, canonical_addresses
 from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
 from .metrics import Counters
 from .policy import Policy
@@ -295,7 +295,7 @@ class Resolver:
             lookup = await self._lookup(fqdn, qtype, refresh=True)
             decode = wire.decode_a if qtype == wire.TYPE_A else wire.decode_aaaa
             endpoints = [
-                Endpoint(target=fqdn, port=0, addresses=(decode(lookup.data, rr),))
+                Endpoint.from_wire(fqdn, 0, 0, 0, (decode(lookup.data, rr),))
                 for rr in lookup.records
             ]
             return EndpointSet.build(fqdn, endpoints, ttl=lookup.ttl)
@@ -416,7 +416,7 @@ class Resolver:
                 decode = wire.decode_a if rr.rdtype == wire.TYPE_A else wire.decode_aaaa
                 glue.setdefault(rr.name, []).append(decode(data, rr))
                 ttl = min(ttl, self.policy.clamp_ttl(rr.ttl))
-        addresses: dict[str, tuple[str, ...]] = {t: tuple(sorted(a)) for t, a in glue.items()}
+        addresses: dict[str, Sequence[str]] = dict(glue)
         stale = lookup.stale
         missing = [t for t in targets if t not in glue]
 
@@ -449,13 +449,7 @@ class Resolver:
         if failures:
             raise failures[0]
         endpoints = [
-            Endpoint(
-                target=target,
-                port=port,
-                priority=priority,
-                weight=weight,
-                addresses=addresses.get(target, ()),
-            )
+            Endpoint.from_wire(target, port, priority, weight, addresses.get(target, ()))
             for priority, weight, port, target in records
             if target != "."
         ]
@@ -491,7 +485,7 @@ class Resolver:
             hard = [e for e in errors if not isinstance(e, (NXDomain, NoData))]
             nx = [e for e in errors if isinstance(e, NXDomain)]
             raise (hard or nx or errors)[0]
-        return tuple(sorted(found)), ttl, stale
+        return canonical_addresses(found), ttl, stale
 
     # -- records: cache, coalescing, upstream ---------------------------------------
 

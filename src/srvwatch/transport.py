@@ -43,6 +43,7 @@ _RCODE_NAMES = {
     wire.RCODE_NOTIMP: "NOTIMP",
 }
 _MAX_UDP_RESPONSE = 65535
+_TEMPLATE_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,7 @@ class Transport:
         self._max_uses = max_socket_uses
         self._max_idle = max_idle_sockets
         self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
+        self._templates: dict[tuple[str, int], bytes] = {}
         self._closed = False
 
     # -- public -------------------------------------------------------------------
@@ -165,25 +167,38 @@ class Transport:
         """
         if self._closed:
             raise RuntimeError("transport is closed")
-        template = wire.build_query(qname, qtype, 0)
+        template = self._template(qname, qtype)
         servers = self.nameservers
-        refused: set[Nameserver] = set()
         policy = self._policy
         loop_start = anyio.current_time()
+        refused: set[Nameserver] = set()
 
-        def wait(state: RetryCallState) -> float:
+        def backoff(attempts_made: int) -> float:
             # Failover to the next server at once; back off only between rounds.
-            if state.attempt_number % len(servers):
+            if attempts_made % len(servers):
                 return 0.0
-            rounds = state.attempt_number // len(servers)
+            rounds = attempts_made // len(servers)
             step = min(policy.timeout * 0.1 * 2.0 ** (rounds - 1), policy.timeout)
             return step * (0.5 + 0.5 * random.random())
+
+        # The common case, one attempt that works, stays off the retry machinery.
+        first_budget = min(policy.timeout, policy.lifetime)
+        try:
+            return await self._attempt(servers[0], template, qname, qtype, first_budget)
+        except _AttemptRcode as exc:
+            refused.add(servers[0])
+            if len(servers) == 1:
+                raise self._server_failure(qname, qtype, exc) from None
+        except _AttemptFailed:
+            await anyio.sleep(backoff(1))
+
+        def wait(state: RetryCallState) -> float:
+            return backoff(state.attempt_number + 1)
 
         def stop(state: RetryCallState) -> bool:
             if len(refused) == len(servers):
                 return True
-            elapsed = anyio.current_time() - loop_start
-            return elapsed >= policy.lifetime
+            return anyio.current_time() - loop_start >= policy.lifetime
 
         retrying = AsyncRetrying(
             sleep=anyio.sleep,
@@ -195,7 +210,7 @@ class Transport:
         try:
             async for attempt in retrying:
                 with attempt:
-                    number = attempt.retry_state.attempt_number
+                    number = attempt.retry_state.attempt_number + 1  # the first try came before
                     candidates = [s for s in servers if s not in refused] or list(servers)
                     server = candidates[(number - 1) % len(candidates)]
                     remaining = policy.lifetime - (anyio.current_time() - loop_start)
@@ -206,11 +221,7 @@ class Transport:
                         refused.add(server)
                         raise
         except _AttemptRcode as exc:
-            raise ServerFailure(
-                f"{qname} {_type_text(qtype)}: every nameserver failed: {exc}",
-                name=qname,
-                rdtype=_type_text(qtype),
-            ) from None
+            raise self._server_failure(qname, qtype, exc) from None
         except _AttemptFailed as exc:
             raise ResolveTimeout(
                 f"{qname} {_type_text(qtype)}: no answer within {policy.lifetime:g}s "
@@ -219,6 +230,25 @@ class Transport:
                 rdtype=_type_text(qtype),
             ) from None
         _unreachable()
+
+    def _template(self, qname: str, qtype: int) -> bytes:
+        """The query for (name, type) with ID 0; cached, since watch loops ask the same often."""
+        key = (qname, qtype)
+        template = self._templates.get(key)
+        if template is None:
+            template = wire.build_query(qname, qtype, 0)
+            if len(self._templates) >= _TEMPLATE_CACHE_SIZE:
+                self._templates.clear()
+            self._templates[key] = template
+        return template
+
+    @staticmethod
+    def _server_failure(qname: str, qtype: int, cause: object) -> ServerFailure:
+        return ServerFailure(
+            f"{qname} {_type_text(qtype)}: every nameserver failed: {cause}",
+            name=qname,
+            rdtype=_type_text(qtype),
+        )
 
     async def aclose(self) -> None:
         """Close every pooled socket; sockets in use are closed by their attempt."""
