@@ -171,7 +171,12 @@ async def test_cancelled_caller_does_not_cancel_the_shared_query() -> None:
             assert not impatient.cancel_called
         assert len(results) == 2
         assert server.query_count() == 1
-        assert r.stats()["coalesced"] == 2
+        stats = r.stats()
+        assert stats["coalesced"] == 2
+        # The impatient caller led the lookup; the resolver finished it for the others
+        # and took over the query already on the wire instead of sending another.
+        assert stats["handoffs"] == 1
+        assert stats["adopted_queries"] == 1
 
 
 async def test_closing_the_resolver_mid_lookup_closes_its_sockets() -> None:
@@ -180,7 +185,9 @@ async def test_closing_the_resolver_mid_lookup_closes_its_sockets() -> None:
         async with srvwatch.Resolver([server.address]) as r:
             with anyio.move_on_after(0.1):
                 await r.resolve_srv(SRV)
-            assert r.stats()["flights_in_progress"] >= 1
+            # The cancelled query's socket is kept for a successor until its timeout.
+            stats = r.stats()
+            assert stats["sockets_opened"] - stats["sockets_closed"] == 1
         stats = r.stats()
         assert stats["sockets_opened"] == stats["sockets_closed"] >= 1
         assert stats["flights_started"] == stats["flights_finished"]

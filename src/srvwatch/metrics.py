@@ -41,6 +41,10 @@ class Counters:
     sockets_closed: int = 0
     flights_started: int = 0
     flights_finished: int = 0
+    handoffs: int = 0
+    """Shared lookups whose first caller was cancelled, finished by the resolver for the others."""
+    adopted_queries: int = 0
+    """Queries already on the wire taken over from a cancelled caller instead of sent again."""
     watches_started: int = 0
     watches_stopped: int = 0
     loops_started: int = 0

@@ -92,12 +92,13 @@ class _Negative:
 class _Flight:
     """One upstream lookup in progress, shared by every caller that wants it."""
 
-    __slots__ = ("done", "error", "result")
+    __slots__ = ("done", "error", "result", "waiters")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.waiters = 0
 
 
 class Resolver:
@@ -399,7 +400,7 @@ class Resolver:
         )
 
     async def _build_srv_set(self, fqdn: str, refresh: bool) -> EndpointSet:
-        lookup = await self._lookup(fqdn, wire.TYPE_SRV, inline=True, refresh=refresh)
+        lookup = await self._lookup(fqdn, wire.TYPE_SRV, refresh=refresh)
         data = lookup.data
         records = [wire.decode_srv(data, rr) for rr in lookup.records]
         if len(records) == 1 and records[0][3] == ".":
@@ -423,9 +424,7 @@ class Resolver:
         async def expand(target: str) -> None:
             nonlocal ttl, stale
             try:
-                found, found_ttl, found_stale = await self._address_set(
-                    target, inline=True, refresh=refresh
-                )
+                found, found_ttl, found_stale = await self._address_set(target, refresh=refresh)
             except (NXDomain, NoData) as exc:
                 log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, exc)
                 found, found_ttl, found_stale = (), exc.ttl or self.policy.negative_min_ttl, False
@@ -456,14 +455,14 @@ class Resolver:
         return EndpointSet.build(fqdn, endpoints, ttl=ttl, stale=stale)
 
     async def _address_set(
-        self, fqdn: str, *, inline: bool = False, refresh: bool = False
+        self, fqdn: str, *, refresh: bool = False
     ) -> tuple[tuple[str, ...], float, bool]:
         """(addresses, ttl, stale) for one absolute name: A and AAAA at once."""
         results: dict[int, _Lookup | ResolveError] = {}
 
         async def one(qtype: int) -> None:
             try:
-                results[qtype] = await self._lookup(fqdn, qtype, inline=inline, refresh=refresh)
+                results[qtype] = await self._lookup(fqdn, qtype, refresh=refresh)
             except ResolveError as exc:
                 results[qtype] = exc
 
@@ -489,9 +488,7 @@ class Resolver:
 
     # -- records: cache, coalescing, upstream ---------------------------------------
 
-    async def _lookup(
-        self, fqdn: str, qtype: int, *, inline: bool = False, refresh: bool = False
-    ) -> _Lookup:
+    async def _lookup(self, fqdn: str, qtype: int, *, refresh: bool = False) -> _Lookup:
         """Cached records of one absolute name.
 
         ``refresh`` (for watch loops) skips the cache and never serves stale:
@@ -501,7 +498,6 @@ class Resolver:
             return await self._coalesce(
                 ("refresh", fqdn, qtype),
                 lambda: self._fetch(fqdn, qtype, serve_stale=False),
-                inline=inline,
             )
         key = (fqdn, qtype)
         entry = self._records.get(key)
@@ -520,7 +516,7 @@ class Resolver:
                     return replace(value, stale=True)
                 raise _clone(entry.error)
         self._counters.misses += 1
-        return await self._coalesce(key, lambda: self._fetch(fqdn, qtype), inline=inline)
+        return await self._coalesce(key, lambda: self._fetch(fqdn, qtype))
 
     async def _fetch(self, fqdn: str, qtype: int, *, serve_stale: bool = True) -> _Lookup:
         key = (fqdn, qtype)
@@ -603,55 +599,74 @@ class Resolver:
             rdtype=type_text,
         )
 
-    async def _coalesce(
-        self, key: object, work: Callable[[], Awaitable[T]], *, inline: bool = False
-    ) -> T:
+    async def _coalesce(self, key: object, work: Callable[[], Awaitable[T]]) -> T:
         """Share one in-flight ``work()`` among all callers of ``key``.
 
-        The work runs in a task of the resolver's own task group, so a caller
-        that is cancelled stops waiting but never stops the lookup for the
-        others. ``inline`` runs it in the current task instead, for callers
-        that already are such a task.
+        The first caller runs it in its own task (no task switch on the cold
+        path). If that caller is cancelled while others wait, the work is
+        handed to a task of the resolver, and the transport hands over the
+        query already on the wire, so the others still get the one answer.
         """
         flight = self._flights.get(key)
-        if flight is None:
-            if self._closed:
-                raise RuntimeError("the Resolver is closed")
-            flight = _Flight()
-            self._flights[key] = flight
-            self._counters.flights_started += 1
-            if inline:
-                await self._run_flight(key, flight, work)
-            else:
-                if self._task_group is None:
-                    del self._flights[key]
-                    self._counters.flights_finished += 1
-                    raise RuntimeError(
-                        "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
-                    )
-                self._spawn(self._run_flight, key, flight, work)
-        else:
+        if flight is not None:
             self._counters.coalesced += 1
-        await flight.done.wait()
-        if flight.error is not None:
-            raise _clone(flight.error)
-        result: T = flight.result
+            flight.waiters += 1
+            try:
+                await flight.done.wait()
+            finally:
+                flight.waiters -= 1
+            if flight.error is not None:
+                raise _clone(flight.error)
+            result: T = flight.result
+            return result
+        if self._task_group is None or self._closed:
+            raise RuntimeError(
+                "the Resolver is closed"
+                if self._closed
+                else "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
+            )
+        flight = _Flight()
+        self._flights[key] = flight
+        self._counters.flights_started += 1
+        try:
+            result = await work()
+        except anyio.get_cancelled_exc_class():
+            if flight.waiters and not self._closed:
+                self._counters.handoffs += 1
+                self._spawn(self._run_flight, key, flight, work)
+            else:
+                self._finish(key, flight, None, ResolveError("the lookup was cancelled"))
+            raise
+        except BaseException as exc:
+            self._finish(key, flight, None, exc)
+            raise
+        self._finish(key, flight, result, None)
         return result
 
     async def _run_flight(
         self, key: object, flight: _Flight, work: Callable[[], Awaitable[Any]]
     ) -> None:
+        """Finish a flight whose first caller was cancelled, for the callers still waiting."""
         try:
-            flight.result = await work()
+            result = await work()
         except Exception as exc:
-            flight.error = exc
+            self._finish(key, flight, None, exc)
         except BaseException:
-            flight.error = ResolveError("the Resolver was closed during the lookup")
+            closed = ResolveError("the Resolver was closed during the lookup")
+            self._finish(key, flight, None, closed)
             raise
-        finally:
+        else:
+            self._finish(key, flight, result, None)
+
+    def _finish(
+        self, key: object, flight: _Flight, result: Any, error: BaseException | None
+    ) -> None:
+        flight.result = result
+        flight.error = error
+        if self._flights.get(key) is flight:
             del self._flights[key]
-            self._counters.flights_finished += 1
-            flight.done.set()
+        self._counters.flights_finished += 1
+        flight.done.set()
 
 
 @asynccontextmanager

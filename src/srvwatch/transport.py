@@ -124,6 +124,17 @@ class _UdpSocket:
         self.uses = 0
 
 
+class _Orphan:
+    """A UDP query whose caller was cancelled, kept until its timeout for a successor."""
+
+    __slots__ = ("deadline", "entry", "expected_id")
+
+    def __init__(self, entry: _UdpSocket, expected_id: int, deadline: float) -> None:
+        self.entry = entry
+        self.expected_id = expected_id
+        self.deadline = deadline
+
+
 class Transport:
     """Sends queries to nameservers with failover, retries, timeouts and TCP fallback.
 
@@ -153,6 +164,7 @@ class Transport:
         self._max_idle = max_idle_sockets
         self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
         self._templates: dict[tuple[str, int], bytes] = {}
+        self._orphans: dict[tuple[Nameserver, str, int], _Orphan] = {}
         self._closed = False
 
     # -- public -------------------------------------------------------------------
@@ -253,6 +265,8 @@ class Transport:
     async def aclose(self) -> None:
         """Close every pooled socket; sockets in use are closed by their attempt."""
         self._closed = True
+        while self._orphans:
+            self._close_udp(self._orphans.popitem()[1].entry)
         for pool in self._idle.values():
             while pool:
                 self._close_udp(pool.pop())
@@ -269,6 +283,9 @@ class Transport:
                     self._counters.truncated += 1
                     data, msg = await self._tcp(server, template, qname, qtype)
         except TimeoutError:
+            orphan = self._orphans.pop((server, qname, qtype), None)
+            if orphan is not None:
+                self._close_udp(orphan.entry)
             self._counters.timeouts += 1
             raise _AttemptTimeout(f"{server} timed out after {budget:.3g}s") from None
         except OSError as exc:
@@ -282,13 +299,26 @@ class Transport:
     async def _udp(
         self, server: Nameserver, template: bytes, qname: str, qtype: int
     ) -> tuple[bytes, wire.Message]:
-        entry = self._acquire(server)
-        reusable = False
-        try:
+        key = (server, qname, qtype)
+        orphan = self._orphans.pop(key, None) if self._orphans else None
+        if orphan is not None and orphan.deadline > anyio.current_time():
+            # A cancelled caller's query is still on the wire: wait for its answer.
+            entry, expected_id = orphan.entry, orphan.expected_id
+            self._counters.adopted_queries += 1
+        else:
+            if orphan is not None:
+                self._close_udp(orphan.entry)
+            entry = self._acquire(server)
             query_id = os.urandom(2)
-            entry.sock.send(query_id + template[2:])
+            try:
+                entry.sock.send(query_id + template[2:])
+            except BaseException:
+                self._release(entry, False)
+                raise
             self._counters.count_query(qname)
             expected_id = struct.unpack("!H", query_id)[0]
+        reusable = parked = False
+        try:
             while True:
                 await anyio.wait_readable(entry.sock)
                 try:
@@ -299,8 +329,17 @@ class Transport:
                 if msg is not None:
                     reusable = True
                     return data, msg
+        except anyio.get_cancelled_exc_class():
+            # Keep the query for whoever takes over the lookup (see Resolver._coalesce);
+            # a timeout discards it again in _attempt.
+            if not self._closed and key not in self._orphans:
+                deadline = anyio.current_time() + self._policy.timeout
+                self._orphans[key] = _Orphan(entry, expected_id, deadline)
+                parked = True
+            raise
         finally:
-            self._release(entry, reusable)
+            if not parked:
+                self._release(entry, reusable)
 
     async def _tcp(
         self, server: Nameserver, template: bytes, qname: str, qtype: int
@@ -350,6 +389,8 @@ class Transport:
     # -- socket pool --------------------------------------------------------------
 
     def _acquire(self, server: Nameserver) -> _UdpSocket:
+        if self._orphans:
+            self._sweep_orphans()
         pool = self._idle[server]
         if pool:
             entry = pool.pop()
@@ -378,6 +419,13 @@ class Transport:
             pool.append(entry)
         else:
             self._close_udp(entry)
+
+    def _sweep_orphans(self) -> None:
+        now = anyio.current_time()
+        for key, orphan in list(self._orphans.items()):
+            if orphan.deadline <= now:
+                del self._orphans[key]
+                self._close_udp(orphan.entry)
 
     def _close_udp(self, entry: _UdpSocket) -> None:
         # Only idle sockets or sockets whose attempt has finished get here, so
