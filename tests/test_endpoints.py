@@ -506,3 +506,31 @@ def test_from_wire_equals_the_validating_constructor(addresses: list[str], port:
     assert fast == slow
     assert fast.addresses == slow.addresses
     assert hash(fast) == hash(slow)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a.svc.test.", "b.svc.test.", "c.svc.test."]),
+            st.integers(0, 65535),
+            st.integers(0, 3),
+            st.integers(0, 100),
+            st.lists(st.ip_addresses().map(lambda a: a.compressed), max_size=3),
+        ),
+        max_size=8,
+    ),
+    st.floats(0, 1e6),
+)
+def test_set_from_wire_equals_the_validating_build(
+    records: list[tuple[str, int, int, int, list[str]]], ttl: float
+) -> None:
+    fast = EndpointSet.from_wire(
+        "_x._tcp.svc.test.", [Endpoint.from_wire(*r) for r in records], ttl=ttl
+    )
+    slow = EndpointSet.build(
+        "_x._tcp.svc.test.",
+        [Endpoint(t, p, pr, w, tuple(a)) for t, p, pr, w, a in records],
+        ttl=ttl,
+    )
+    assert fast == slow
+    assert fast.ordered(random.Random(7)) == slow.ordered(random.Random(7))

@@ -270,6 +270,27 @@ class EndpointSet:
                 no_service = True
         return cls(name, tuple(eps), ttl=ttl, stale=stale, no_service=no_service)
 
+    @classmethod
+    def from_wire(
+        cls, name: str, endpoints: Iterable[Endpoint], *, ttl: float, stale: bool = False
+    ) -> EndpointSet:
+        """Build from a decoded answer, skipping re-validation (the cold lookup's hot path).
+
+        ``name`` must be canonical (lowercase, absolute), the endpoints made by
+        :meth:`Endpoint.from_wire`, none with target ``.``, and ``ttl`` a finite
+        number >= 0: all true of what the wire decoder produces.
+        """
+        canonical = tuple(sorted(set(endpoints), key=_canonical_key))
+        result = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(result, "name", name)
+        setattr_(result, "endpoints", canonical)
+        setattr_(result, "ttl", float(ttl))
+        setattr_(result, "stale", stale)
+        setattr_(result, "no_service", False)
+        setattr_(result, "_groups", _build_groups(canonical))
+        return result
+
     def __len__(self) -> int:
         return len(self.endpoints)
 

@@ -95,7 +95,7 @@ class _Flight:
     __slots__ = ("done", "error", "result", "waiters")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None  # made when a second caller waits
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiters = 0
@@ -299,7 +299,7 @@ class Resolver:
                 Endpoint.from_wire(fqdn, 0, 0, 0, (decode(lookup.data, rr),))
                 for rr in lookup.records
             ]
-            return EndpointSet.build(fqdn, endpoints, ttl=lookup.ttl)
+            return EndpointSet.from_wire(fqdn, endpoints, ttl=lookup.ttl)
 
         return await self._search(name, addresses)
 
@@ -452,7 +452,7 @@ class Resolver:
             for priority, weight, port, target in records
             if target != "."
         ]
-        return EndpointSet.build(fqdn, endpoints, ttl=ttl, stale=stale)
+        return EndpointSet.from_wire(fqdn, endpoints, ttl=ttl, stale=stale)
 
     async def _address_set(
         self, fqdn: str, *, refresh: bool = False
@@ -535,8 +535,8 @@ class Resolver:
                 log.info("serving stale %s: %s", fqdn, exc)
                 return replace(value, stale=True)
             raise
-        entry = self._records.put(key, lookup, lookup.ttl)
-        return replace(lookup, ttl=entry.ttl)
+        self._records.put(key, lookup, lookup.ttl)
+        return lookup
 
     async def _query(self, fqdn: str, qtype: int) -> _Lookup:
         """Ask upstream, following a CNAME chain across responses when it is incomplete."""
@@ -573,7 +573,7 @@ class Resolver:
                     additional=msg.additional,
                     bailiwick=_bailiwick(msg, fqdn),
                     canonical_name=current,
-                    ttl=ttl,
+                    ttl=self.policy.clamp_ttl(ttl),  # what the cache keeps it for
                 )
             soa = next((r for r in msg.authority if r.rdtype == wire.TYPE_SOA), None)
             negative_ttl = self.policy.negative_ttl(
@@ -611,6 +611,8 @@ class Resolver:
         if flight is not None:
             self._counters.coalesced += 1
             flight.waiters += 1
+            if flight.done is None:
+                flight.done = anyio.Event()
             try:
                 await flight.done.wait()
             finally:
@@ -666,7 +668,8 @@ class Resolver:
         if self._flights.get(key) is flight:
             del self._flights[key]
         self._counters.flights_finished += 1
-        flight.done.set()
+        if flight.done is not None:
+            flight.done.set()
 
 
 @asynccontextmanager

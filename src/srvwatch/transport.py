@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -182,7 +183,7 @@ class Transport:
         template = self._template(qname, qtype)
         servers = self.nameservers
         policy = self._policy
-        loop_start = anyio.current_time()
+        loop_start = time.monotonic()
         refused: set[Nameserver] = set()
 
         def backoff(attempts_made: int) -> float:
@@ -210,7 +211,7 @@ class Transport:
         def stop(state: RetryCallState) -> bool:
             if len(refused) == len(servers):
                 return True
-            return anyio.current_time() - loop_start >= policy.lifetime
+            return time.monotonic() - loop_start >= policy.lifetime
 
         retrying = AsyncRetrying(
             sleep=anyio.sleep,
@@ -225,7 +226,7 @@ class Transport:
                     number = attempt.retry_state.attempt_number + 1  # the first try came before
                     candidates = [s for s in servers if s not in refused] or list(servers)
                     server = candidates[(number - 1) % len(candidates)]
-                    remaining = policy.lifetime - (anyio.current_time() - loop_start)
+                    remaining = policy.lifetime - (time.monotonic() - loop_start)
                     budget = max(min(policy.timeout, remaining), 0.001)
                     try:
                         return await self._attempt(server, template, qname, qtype, budget)
@@ -301,7 +302,7 @@ class Transport:
     ) -> tuple[bytes, wire.Message]:
         key = (server, qname, qtype)
         orphan = self._orphans.pop(key, None) if self._orphans else None
-        if orphan is not None and orphan.deadline > anyio.current_time():
+        if orphan is not None and orphan.deadline > time.monotonic():
             # A cancelled caller's query is still on the wire: wait for its answer.
             entry, expected_id = orphan.entry, orphan.expected_id
             self._counters.adopted_queries += 1
@@ -333,7 +334,7 @@ class Transport:
             # Keep the query for whoever takes over the lookup (see Resolver._coalesce);
             # a timeout discards it again in _attempt.
             if not self._closed and key not in self._orphans:
-                deadline = anyio.current_time() + self._policy.timeout
+                deadline = time.monotonic() + self._policy.timeout
                 self._orphans[key] = _Orphan(entry, expected_id, deadline)
                 parked = True
             raise
@@ -421,7 +422,7 @@ class Transport:
             self._close_udp(entry)
 
     def _sweep_orphans(self) -> None:
-        now = anyio.current_time()
+        now = time.monotonic()
         for key, orphan in list(self._orphans.items()):
             if orphan.deadline <= now:
                 del self._orphans[key]

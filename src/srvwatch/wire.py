@@ -401,7 +401,22 @@ def parse(data: _BytesLike) -> Message:
         (SECTION_ADDITIONAL, arcount, additional),
     ):
         for _ in range(count):
-            name, pos = _read_name(buf, pos, names)
+            first = buf[pos] if pos < n else 0
+            hit = None
+            if first >= 0xC0 and pos + 1 < n:
+                # Most owners are one pointer to a name already read: resolve it from the
+                # cache when the full walk would pass the same checks (see _read_name).
+                ptr = ((first & 0x3F) << 8) | buf[pos + 1]
+                hit = names.get(ptr)
+                if hit is not None and not (
+                    _HEADER_LEN <= ptr < pos and hit[3] <= pos and hit[2] < _MAX_POINTERS
+                ):
+                    hit = None
+            if hit is not None:
+                name = hit[0]
+                pos += 2
+            else:
+                name, pos = _read_name(buf, pos, names)
             rdata = pos + 10
             if rdata > n:
                 raise WireError(f"record at offset {pos} is truncated")
