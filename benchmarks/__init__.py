@@ -1,0 +1,1 @@
+"""Benchmarks of srvwatch's resolver against dnspython and aiodns, measured in one run."""
