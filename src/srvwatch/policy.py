@@ -11,7 +11,17 @@ import math
 import random
 from dataclasses import dataclass, fields
 
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    wait_exponential,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
+
 __all__ = ["Policy"]
+
+_RETRYING = AsyncRetrying()  # only to give tenacity's wait strategies a call state
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +118,21 @@ class Policy:
         u = (rng or random).random()
         return ttl * (1.0 - self.jitter * u)
 
-    def backoff_delay(self, failures: int, rng: random.Random | None = None) -> float:
+    def backoff_delay(self, failures: int) -> float:
         """Delay after ``failures`` consecutive failures (1-based): jittered exponential, capped.
 
-        "Equal jitter": half the exponential step fixed, half random, so a
-        failing fleet spreads out while each client still waits at least
-        ``backoff_base / 2``. The loop never spins, whatever the server does.
+        "Equal jitter", built from tenacity's wait strategies: half the
+        exponential step fixed, half random, so a failing fleet spreads out
+        while each client still waits at least ``backoff_base / 2``. A loop
+        driven by it never spins, whatever the server does.
         """
-        step = self.backoff_base * 2.0 ** min(max(failures - 1, 0), 32)
-        step = min(step, self.backoff_max)
-        u = (rng or random).random()
-        return step / 2.0 + u * step / 2.0
+        state = RetryCallState(_RETRYING, None, (), {})
+        state.attempt_number = max(int(failures), 1)
+        return float(self._backoff_wait(state))
+
+    @property
+    def _backoff_wait(self) -> wait_base:
+        half_base, half_cap = self.backoff_base / 2, self.backoff_max / 2
+        return wait_exponential(multiplier=half_base, max=half_cap) + wait_random_exponential(
+            multiplier=half_base, max=half_cap
+        )

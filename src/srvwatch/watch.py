@@ -98,7 +98,7 @@ class WatchLoop:
                 now = self._clock()
                 error = str(exc) or type(exc).__name__
                 log.info("watch %s: refresh failed (%d): %s", self.name, self.failures, error)
-                delay = policy.backoff_delay(self.failures, self._rng)
+                delay = policy.backoff_delay(self.failures)
                 current = self.current
                 if current is None:
                     self._publish(EndpointSet.build(self.name, (), stale=True), True, error)

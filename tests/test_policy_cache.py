@@ -1,0 +1,137 @@
+"""The pure core: TTL clamping, jittered refresh, backoff, and the clock-injected cache."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from srvwatch.cache import Cache
+from srvwatch.errors import ServerFailure
+from srvwatch.policy import Policy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    p = Policy()
+    assert (p.min_ttl, p.max_ttl, p.jitter) == (5.0, 300.0, 0.2)
+    assert (p.negative_min_ttl, p.negative_max_ttl, p.servfail_ttl) == (5.0, 60.0, 5.0)
+    assert (p.stale_ttl, p.stale_answer_ttl, p.stale_answer_timeout) == (86_400.0, 30.0, 1.8)
+    assert (p.timeout, p.lifetime, p.backoff_base, p.backoff_max) == (1.0, 5.0, 1.0, 30.0)
+    assert p.cache_size == 10_000
+
+
+@given(st.floats(min_value=0, max_value=1e9))
+def test_clamp_keeps_ttls_in_the_window(ttl: float) -> None:
+    p = Policy()
+    clamped = p.clamp_ttl(ttl)
+    assert p.min_ttl <= clamped <= p.max_ttl
+    if p.min_ttl <= ttl <= p.max_ttl:
+        assert clamped == ttl
+
+
+@pytest.mark.parametrize(
+    ("soa_ttl", "minimum", "expected"),
+    [(3600, 0, 5.0), (0, 3600, 5.0), (30, 20, 20.0), (3600, 3600, 60.0), (None, None, 5.0)],
+)
+def test_negative_ttl_is_rfc2308_min_clamped(
+    soa_ttl: int | None, minimum: int | None, expected: float
+) -> None:
+    assert Policy().negative_ttl(soa_ttl, minimum) == expected
+
+
+def test_refresh_is_jittered_below_expiry() -> None:
+    p = Policy(jitter=0.2)
+    rng = random.Random(1)
+    delays = [p.refresh_delay(10.0, rng) for _ in range(10_000)]
+    assert all(8.0 <= d <= 10.0 for d in delays)
+    # Spread over the whole window, not lumped: each tenth of it gets a share.
+    buckets = [0] * 10
+    for d in delays:
+        buckets[min(int((d - 8.0) / 0.2), 9)] += 1
+    assert min(buckets) > 800
+    assert Policy(jitter=0).refresh_delay(10.0) == 10.0
+
+
+def test_backoff_grows_is_jittered_and_capped() -> None:
+    p = Policy(backoff_base=1.0, backoff_max=30.0)
+    for failures, (low, high) in {1: (0.5, 1.0), 2: (1.0, 2.0), 5: (8.0, 16.0)}.items():
+        delays = [p.backoff_delay(failures) for _ in range(500)]
+        assert all(low <= d <= high for d in delays)
+        assert max(delays) - min(delays) > (high - low) / 2  # really jittered
+    for failures in (6, 50, 10**6):
+        assert all(15.0 <= p.backoff_delay(failures) <= 30.0 for _ in range(200))
+    assert p.backoff_delay(0) >= 0.5  # never zero, whatever the caller passes
+
+
+def test_cache_never_stores_an_entry_that_expires_at_once() -> None:
+    clock = FakeClock()
+    cache: Cache[str, str] = Cache(Policy(), clock)
+    entry = cache.put("a", "value", 0)
+    assert entry.ttl == 5.0
+    clock.now += 4.9
+    assert cache.fresh("a") is entry
+    clock.now += 0.2
+    assert cache.fresh("a") is None
+    assert cache.get("a") is entry  # expired but servable stale
+    assert entry.servable_stale(clock.now)
+
+
+def test_negative_entries_are_clamped_and_never_stale() -> None:
+    clock = FakeClock()
+    cache: Cache[str, str] = Cache(Policy(), clock)
+    entry = cache.put("nx", "gone", 0, negative=True)
+    assert entry.ttl == 5.0
+    clock.now += 6
+    assert not entry.servable_stale(clock.now)
+    assert cache.get("nx") is None  # nothing usable left: dropped
+    assert cache.put("nx", "gone", 10**6, negative=True).ttl == 60.0
+
+
+def test_stale_window_ends() -> None:
+    clock = FakeClock()
+    cache: Cache[str, str] = Cache(Policy(stale_ttl=100.0), clock)
+    cache.put("a", "v", 10)
+    clock.now += 109
+    assert cache.get("a") is not None
+    clock.now += 2
+    assert cache.get("a") is None
+
+
+def test_failure_marker_keeps_the_last_good_answer() -> None:
+    clock = FakeClock()
+    cache: Cache[str, str] = Cache(Policy(servfail_ttl=5.0), clock)
+    cache.put("a", "good", 10)
+    clock.now += 11
+    entry = cache.put_failure("a", ServerFailure("boom"))
+    assert entry.value == "good"
+    assert entry.failing(clock.now)
+    assert entry.servable_stale(clock.now)
+    clock.now += 5.1
+    assert not entry.failing(clock.now)
+    fresh_failure = cache.put_failure("b", ServerFailure("boom"))
+    assert fresh_failure.value is None
+    assert not fresh_failure.servable_stale(clock.now)
+
+
+def test_lru_bound() -> None:
+    clock = FakeClock()
+    cache: Cache[int, int] = Cache(Policy(cache_size=100), clock)
+    for i in range(250):
+        cache.put(i, i, 30)
+        if i == 10:
+            assert cache.fresh(0) is not None  # touch 0: most recently used
+    assert len(cache) == 100
+    assert cache.evictions == 150
+    assert 0 not in cache  # touched early, but 240 newer entries since
+    assert 249 in cache
+    assert 149 not in cache
