@@ -135,3 +135,12 @@ def test_lru_bound() -> None:
     assert 0 not in cache  # touched early, but 240 newer entries since
     assert 249 in cache
     assert 149 not in cache
+
+
+def test_first_refresh_is_spread_over_the_whole_ttl() -> None:
+    p = Policy(jitter=0.2)
+    rng = random.Random(3)
+    delays = [p.refresh_delay(10.0, rng, first=True) for _ in range(10_000)]
+    assert all(0.0 < d <= 10.0 for d in delays)
+    assert sum(d < 5.0 for d in delays) > 4_500  # uniform, not in the last fifth only
+    assert Policy(jitter=0).refresh_delay(10.0, first=True) == 10.0

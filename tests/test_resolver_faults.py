@@ -193,3 +193,37 @@ async def test_closing_the_resolver_mid_lookup_closes_its_sockets() -> None:
         assert stats["flights_started"] == stats["flights_finished"]
         with pytest.raises(RuntimeError, match="closed"):
             await r.resolve_srv("other.svc.test")
+
+
+async def test_queries_in_flight_are_bounded() -> None:
+    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(40))
+    async with (
+        ZoneServer(zone) as server,
+        srvwatch.Resolver([server.address], max_in_flight=4) as r,
+    ):
+        server.inject(Fault(latency=0.05))
+        peak = 0
+        answers: list[tuple[str, ...]] = []
+
+        async def lookup(i: int) -> None:
+            answers.append(await r.resolve_addresses(f"n{i}.svc.test"))
+
+        async def monitor() -> None:
+            nonlocal peak
+            while True:
+                stats = r.stats()
+                peak = max(peak, stats["sockets_opened"] - stats["sockets_closed"])
+                await anyio.sleep(0.005)
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(monitor)
+            async with anyio.create_task_group() as lookups:
+                for i in range(40):
+                    lookups.start_soon(lookup, i)
+            tg.cancel_scope.cancel()
+        elapsed = time.monotonic() - started
+    assert sorted(answers) == sorted((f"10.1.0.{i}",) for i in range(40))
+    assert 1 <= peak <= 4
+    # 80 queries (A and AAAA), four at a time, 50 ms each: they really waited their turn.
+    assert elapsed >= 80 / 4 * 0.05 * 0.9

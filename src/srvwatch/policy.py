@@ -111,11 +111,22 @@ class Policy:
         ttl = min(candidates) if candidates else self.negative_min_ttl
         return min(max(float(ttl), self.negative_min_ttl), self.negative_max_ttl)
 
-    def refresh_delay(self, ttl: float, rng: random.Random | None = None) -> float:
-        """When to ask again: ``ttl * U(1 - jitter, 1)``, never after expiry, never in lock-step."""
+    def refresh_delay(
+        self, ttl: float, rng: random.Random | None = None, *, first: bool = False
+    ) -> float:
+        """When to ask again: ``ttl * U(1 - jitter, 1)``, never after expiry, never in lock-step.
+
+        ``first``: the first refresh of a new watch is drawn from the whole
+        TTL, ``ttl * U(0, 1]``. Clients started together (a deploy, a node
+        restart) are spread across the TTL at once, instead of drifting apart
+        over dozens of refreshes while they query in bursts. It costs at
+        most one early query per watch.
+        """
         if self.jitter == 0:
             return ttl
         u = (rng or random).random()
+        if first:
+            return ttl * (1.0 - u)
         return ttl * (1.0 - self.jitter * u)
 
     def backoff_delay(self, failures: int) -> float:

@@ -107,6 +107,11 @@ class Resolver:
     Use it as ``async with Resolver(...) as r``: the resolver owns the tasks
     that run shared lookups and the sockets they use, and closes them all on
     exit (``stats()`` proves it: sockets opened == closed).
+
+    ``max_in_flight`` bounds the upstream queries (and so the sockets) in
+    flight at once; more wait their turn. ``max_socket_uses``: a UDP socket
+    is retired after this many queries, so the source port keeps changing
+    (RFC 5452).
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class Resolver:
         ndots: int | None = None,
         clock: Clock = time.monotonic,
         max_socket_uses: int = 64,
+        max_in_flight: int = 256,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         if not isinstance(self.policy, Policy):
@@ -142,7 +148,11 @@ class Resolver:
         self._clock = clock
         self._counters = Counters()
         self._transport = Transport(
-            self.nameservers, self.policy, self._counters, max_socket_uses=max_socket_uses
+            self.nameservers,
+            self.policy,
+            self._counters,
+            max_socket_uses=max_socket_uses,
+            max_in_flight=max_in_flight,
         )
         self._records: Cache[tuple[str, int], _Lookup | _Negative] = Cache(self.policy, clock)
         self._srv_sets: Cache[str, EndpointSet] = Cache(self.policy, clock)

@@ -16,6 +16,7 @@ import random
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -153,11 +154,14 @@ class Transport:
         *,
         max_socket_uses: int = 64,
         max_idle_sockets: int = 16,
+        max_in_flight: int = 256,
     ) -> None:
         if not nameservers:
             raise ValueError("at least one nameserver is required")
         if max_socket_uses < 1:
             raise ValueError(f"max_socket_uses must be >= 1, got {max_socket_uses!r}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
         self.nameservers = tuple(nameservers)
         self._policy = policy
         self._counters = counters
@@ -166,11 +170,50 @@ class Transport:
         self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
         self._templates: dict[tuple[str, int], bytes] = {}
         self._orphans: dict[tuple[Nameserver, str, int], _Orphan] = {}
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._slot_waiters: deque[anyio.Event] = deque()
         self._closed = False
 
     # -- public -------------------------------------------------------------------
 
     async def exchange(self, qname: str, qtype: int) -> tuple[bytes, wire.Message]:
+        """One lookup, once a slot among ``max_in_flight`` is free (see :meth:`_exchange`).
+
+        The bound keeps thousands of watches starting at once from opening
+        thousands of sockets (and running out of descriptors): the rest wait
+        their turn, first come first served.
+        """
+        if self._closed:
+            raise RuntimeError("transport is closed")
+        await self._take_slot()
+        try:
+            return await self._exchange(qname, qtype)
+        finally:
+            self._give_slot()
+
+    async def _take_slot(self) -> None:
+        if self._in_flight < self._max_in_flight and not self._slot_waiters:
+            self._in_flight += 1
+            return
+        event = anyio.Event()
+        self._slot_waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event in self._slot_waiters:
+                self._slot_waiters.remove(event)
+            else:
+                self._give_slot()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def _give_slot(self) -> None:
+        if self._slot_waiters:
+            self._slot_waiters.popleft().set()  # the slot goes straight to the next waiter
+        else:
+            self._in_flight -= 1
+
+    async def _exchange(self, qname: str, qtype: int) -> tuple[bytes, wire.Message]:
         """One lookup: returns the first valid answer that is not a server failure.
 
         NOERROR and NXDOMAIN are answers. SERVFAIL, REFUSED, FORMERR and NOTIMP
@@ -178,8 +221,6 @@ class Transport:
         :class:`ServerFailure`. Timeouts and network errors are retried with
         jittered backoff until ``policy.lifetime``, then :class:`ResolveTimeout`.
         """
-        if self._closed:
-            raise RuntimeError("transport is closed")
         template = self._template(qname, qtype)
         servers = self.nameservers
         policy = self._policy

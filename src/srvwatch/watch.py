@@ -114,7 +114,7 @@ class WatchLoop:
                 self.failures = 0
                 self._publish(endpoints, stale=False, error=None)
                 good_until = self._clock() + endpoints.ttl
-                delay = policy.refresh_delay(endpoints.ttl, self._rng)
+                delay = policy.refresh_delay(endpoints.ttl, self._rng, first=not self.answered)
             self.answered = True
             await anyio.sleep(delay)
 
