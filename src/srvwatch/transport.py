@@ -319,11 +319,15 @@ class Transport:
         self, server: Nameserver, template: bytes, qname: str, qtype: int, budget: float
     ) -> tuple[bytes, wire.Message]:
         try:
-            with anyio.fail_after(budget):
+            # A bare cancel scope: fail_after's generator-based context manager
+            # cost a tenth of a cold lookup.
+            with anyio.CancelScope(deadline=anyio.current_time() + budget) as scope:
                 data, msg = await self._udp(server, template, qname, qtype)
                 if msg.tc:
                     self._counters.truncated += 1
                     data, msg = await self._tcp(server, template, qname, qtype)
+            if scope.cancelled_caught:
+                raise TimeoutError
         except TimeoutError:
             orphan = self._orphans.pop((server, qname, qtype), None)
             if orphan is not None:

@@ -415,6 +415,9 @@ def parse(data: _BytesLike) -> Message:
             if hit is not None:
                 name = hit[0]
                 pos += 2
+            elif first == 0 and pos < n:
+                name = "."  # the root: every OPT record's owner
+                pos += 1
             else:
                 name, pos = _read_name(buf, pos, names)
             rdata = pos + 10
