@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import dns.exception
 import dns.message
@@ -204,8 +205,33 @@ def _abs_owner(owner: str, zone: str) -> str:
 _STAT_RE = re.compile(r"^mod-stats\.server-operation\[query\]\s*=\s*(\d+)\s*$", re.MULTILINE)
 
 
+class _ServerProcess:
+    """What Knot and unbound fixtures share: an address and one daemon process with a log."""
+
+    host: str
+    port: int
+    workdir: Path
+    _daemon: _Daemon
+    LOG_NAME: ClassVar[str]
+
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._daemon.proc
+        return None if proc is None else proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._daemon.running
+
+    def log(self) -> str:
+        return _log_tail(self.workdir / self.LOG_NAME, 20000)
+
+
 @dataclass(eq=False)
-class KnotServer:
+class KnotServer(_ServerProcess):
     """A Knot DNS authoritative server on ``host:port``, controlled with knotc.
 
     ``zones`` maps each origin to its initial zone text. Record changes go through knotc
@@ -276,20 +302,7 @@ class KnotServer:
 
     # -- addresses and process state
 
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._daemon.proc
-        return None if proc is None else proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._daemon.running
-
-    def log(self) -> str:
-        return _log_tail(self.workdir / "knotd.log", 20000)
+    LOG_NAME = "knotd.log"
 
     # -- lifecycle
 
@@ -401,7 +414,7 @@ class KnotServer:
 
 
 @dataclass(eq=False)
-class UnboundServer:
+class UnboundServer(_ServerProcess):
     """An unbound caching resolver on ``host:port`` forwarding every name to ``upstream``."""
 
     host: str
@@ -466,20 +479,7 @@ class UnboundServer:
             "    control-use-cert: no\n" + forwards
         )
 
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._daemon.proc
-        return None if proc is None else proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._daemon.running
-
-    def log(self) -> str:
-        return _log_tail(self.workdir / "unbound.log", 20000)
+    LOG_NAME = "unbound.log"
 
     def start(self) -> None:
         """Start unbound (same port as before); wait until it answers and can be controlled."""
