@@ -34,6 +34,7 @@ api-backup        A    10.0.0.13
 """
 DEMO_ORIGIN = "svc.test."
 DEMO_SERVICE = "_http._tcp.api.svc.test"
+DEMO_OUTAGE_MIN = 2.5
 
 
 def print_endpoints(endpoints: EndpointSet, out: TextIO) -> None:
@@ -86,7 +87,9 @@ async def _rolling_deploy(server: ZoneServer, out: TextIO, step: float, forever:
         await anyio.sleep(step)
         print("-- DNS outage: the server stops answering", file=out)
         server.inject(Fault(drop=True))
-        await anyio.sleep(step * 2)
+        # Long enough for the last answer to expire (max_ttl 1 s) and a refresh to
+        # time out (lifetime 0.6 s) whatever the step: then the watch turns stale.
+        await anyio.sleep(max(step * 2, DEMO_OUTAGE_MIN))
         print("-- DNS is back", file=out)
         server.clear_faults()
         await anyio.sleep(step)
