@@ -101,7 +101,7 @@ def _probe(
     """One UDP query; None when nothing answered (not up yet)."""
     query = dns.message.make_query(qname, rdtype)
     try:
-        return dns.query.udp(query, host, port=port, timeout=timeout)
+        return dns.query.udp(query, host, port=port, timeout=timeout, ignore_unexpected=True)
     except (dns.exception.Timeout, OSError):
         return None
 
