@@ -231,3 +231,14 @@ async def test_queries_in_flight_are_bounded() -> None:
     assert 1 <= peak <= 4
     # 80 queries (A and AAAA), four at a time, 50 ms each: they really waited their turn.
     assert elapsed >= 80 / 4 * 0.05 * 0.9
+
+
+async def test_ipv6_nameserver() -> None:
+    async with ZoneServer(ZONE, host="::1") as server:
+        assert server.address.startswith("[::1]:")
+        async with srvwatch.Resolver([server.address]) as r:
+            assert await r.resolve_addresses("host.svc.test") == ("10.0.0.9",)
+            eps = await r.resolve_srv(SRV)
+            assert len(eps) == 2
+        stats = r.stats()
+    assert stats["sockets_opened"] == stats["sockets_closed"] >= 1
