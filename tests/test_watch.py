@@ -326,3 +326,26 @@ async def test_module_level_watch_owns_its_resolver(knot_server: KnotServer) -> 
     ) as updates:
         update = await next_update(updates)
         assert targets(update) == set(zones.HTTP_TARGETS)
+
+
+async def test_stale_endpoints_are_dropped_after_the_stale_window() -> None:
+    async with (
+        ZoneServer(ZERO_ZONE) as server,
+        srvwatch.Resolver([server.address], policy=fast_policy(stale_ttl=0.4)) as r,
+    ):
+        async with r.watch("_x._tcp.svc.test") as updates:
+            first = await next_update(updates)
+            assert len(first.endpoints) == 1
+            server.inject(Fault(drop=True))
+            stale = await next_update(updates)
+            assert stale.stale
+            assert stale.endpoints.endpoints == first.endpoints.endpoints
+            dropped = await next_update(updates)
+            assert dropped.stale
+            assert dropped.error
+            assert len(dropped.endpoints) == 0
+            assert [e.target for e in dropped.removed] == ["t.svc.test."]
+            server.clear_faults()
+            recovered = await next_update(updates)
+            assert not recovered.stale
+            assert len(recovered.endpoints) == 1
