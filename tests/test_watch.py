@@ -247,15 +247,16 @@ async def test_slow_subscriber_gets_the_latest_state_only() -> None:
 async def test_readiness_reports_pending_names() -> None:
     async with (
         ZoneServer(ZERO_ZONE) as server,
-        srvwatch.Resolver([server.address], policy=fast_policy()) as r,
+        srvwatch.Resolver([server.address], policy=fast_policy(timeout=1.0, lifetime=2.0)) as r,
     ):
-        server.inject(Fault(latency=0.3))
+        server.inject(Fault(latency=0.3))  # a slow answer, well within the timeout
         assert r.ready  # nothing watched yet
         async with r.watch("_x._tcp.svc.test") as updates:
             await anyio.sleep(0.05)
             assert not r.ready
             assert r.pending() == ["_x._tcp.svc.test"]
-            await next_update(updates)
+            update = await next_update(updates)
+            assert not update.stale
             assert r.ready
             assert r.pending() == []
 
@@ -349,3 +350,24 @@ async def test_stale_endpoints_are_dropped_after_the_stale_window() -> None:
             recovered = await next_update(updates)
             assert not recovered.stale
             assert len(recovered.endpoints) == 1
+
+
+async def test_a_name_failing_from_the_start_is_not_ready() -> None:
+    async with (
+        ZoneServer(ZERO_ZONE) as server,
+        srvwatch.Resolver([server.address], policy=fast_policy()) as r,
+    ):
+        server.inject(Fault(rcode="SERVFAIL"))
+        async with r.watch("_x._tcp.svc.test") as updates:
+            first = await next_update(updates)
+            assert first.stale
+            assert first.error
+            assert "SERVFAIL" in first.error
+            assert len(first.endpoints) == 0
+            assert not r.ready
+            assert r.pending() == ["_x._tcp.svc.test"]
+            server.clear_faults()
+            recovered = await next_update(updates)
+            assert not recovered.stale
+            assert len(recovered.endpoints) == 1
+            assert r.ready

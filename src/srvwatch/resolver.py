@@ -288,7 +288,11 @@ class Resolver:
 
     @property
     def ready(self) -> bool:
-        """Every watched name has had a first answer (fresh, negative or stale)."""
+        """Every watched name has had an answer, so it serves endpoints, fresh or stale.
+
+        A name whose lookups have failed from the start keeps the resolver unready
+        (its watchers still get an update with ``error`` set).
+        """
         return all(loop.answered for loop in self._loops.values())
 
     def pending(self) -> list[str]:

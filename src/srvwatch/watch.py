@@ -62,7 +62,9 @@ class WatchLoop:
         self.stale = False
         self.error: str | None = None
         self.answered = False
-        """Had a first answer (fresh, negative or stale): what readiness waits for."""
+        """Has had an answer from upstream (positive or negative), so it has endpoints to
+        serve, fresh or, after later failures, stale: what readiness waits for. A name
+        whose lookups have failed from the start is not ready."""
         self.finished = False
         self.failures = 0
 
@@ -93,6 +95,7 @@ class WatchLoop:
                 self._publish(EndpointSet.build(self.name, (), ttl=ttl), stale=False, error=None)
                 good_until = self._clock() + ttl
                 delay = policy.refresh_delay(ttl, self._rng)
+                self.answered = True
             except ResolveError as exc:
                 self.failures += 1
                 now = self._clock()
@@ -115,7 +118,7 @@ class WatchLoop:
                 self._publish(endpoints, stale=False, error=None)
                 good_until = self._clock() + endpoints.ttl
                 delay = policy.refresh_delay(endpoints.ttl, self._rng, first=not self.answered)
-            self.answered = True
+                self.answered = True
             await anyio.sleep(delay)
 
     def _publish(self, endpoints: EndpointSet, stale: bool, error: str | None) -> None:
