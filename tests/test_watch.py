@@ -371,3 +371,35 @@ async def test_a_name_failing_from_the_start_is_not_ready() -> None:
             assert not recovered.stale
             assert len(recovered.endpoints) == 1
             assert r.ready
+
+
+async def test_a_loop_survives_an_unexpected_error_in_refresh() -> None:
+    from srvwatch.endpoints import Endpoint, EndpointSet
+    from srvwatch.metrics import Counters
+    from srvwatch.watch import Updates, WatchLoop
+
+    calls = 0
+    good = EndpointSet.build("_x._tcp.svc.test.", [Endpoint("t.svc.test.", 80)], ttl=0.05)
+
+    async def flaky_refresh() -> EndpointSet:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise RuntimeError("a bug, not a DNS failure")
+        return good
+
+    policy = fast_policy(backoff_base=0.01, backoff_max=0.02)
+    loop = WatchLoop("_x._tcp.svc.test.", flaky_refresh, policy, Counters(), time.monotonic)
+    updates = Updates(loop)
+    loop.subscribers.add(updates)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(loop.run)
+        first = await next_update(updates)
+        assert first.stale
+        assert first.error == "a bug, not a DNS failure"
+        recovered = await next_update(updates)
+        assert recovered.endpoints.endpoints == good.endpoints
+        assert not recovered.stale
+        loop.stop()
+    assert calls >= 3
+    assert loop.finished

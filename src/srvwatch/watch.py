@@ -96,11 +96,16 @@ class WatchLoop:
                 good_until = self._clock() + ttl
                 delay = policy.refresh_delay(ttl, self._rng)
                 self.answered = True
-            except ResolveError as exc:
+            except Exception as exc:
+                # A failed refresh, or a bug: either way the loop backs off and keeps
+                # the last endpoints rather than dying (and taking the others with it).
                 self.failures += 1
                 now = self._clock()
                 error = str(exc) or type(exc).__name__
-                log.info("watch %s: refresh failed (%d): %s", self.name, self.failures, error)
+                if isinstance(exc, ResolveError):
+                    log.info("watch %s: refresh failed (%d): %s", self.name, self.failures, error)
+                else:
+                    log.exception("watch %s: unexpected error in refresh", self.name)
                 delay = policy.backoff_delay(self.failures)
                 current = self.current
                 if current is None:
