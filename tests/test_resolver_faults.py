@@ -242,3 +242,17 @@ async def test_ipv6_nameserver() -> None:
             assert len(eps) == 2
         stats = r.stats()
     assert stats["sockets_opened"] == stats["sockets_closed"] >= 1
+
+
+async def test_cancelled_during_tcp_fallback_closes_the_connection() -> None:
+    async with ZoneServer(ZONE) as server:
+        server.inject(Fault(truncate=True))
+        server.inject(Fault(latency=0.3))
+        policy = srvwatch.Policy(timeout=3.0, lifetime=5.0)
+        async with srvwatch.Resolver([server.address], policy=policy) as r:
+            with anyio.move_on_after(0.45):  # after the truncated UDP answer, during TCP
+                await r.resolve_srv(SRV)
+            assert r.stats()["truncated"] == 1
+        stats = r.stats()
+    assert stats["tcp_queries"] == 1
+    assert stats["sockets_opened"] == stats["sockets_closed"] == 2

@@ -409,8 +409,10 @@ class Transport:
         except (anyio.EndOfStream, anyio.IncompleteRead):
             raise ConnectionResetError(f"{server} closed the TCP connection") from None
         finally:
-            await stream.aclose()
+            # Counted first: aclose() closes the socket even when it is cancelled, but
+            # then raises before a line after it would run.
             self._counters.sockets_closed += 1
+            await stream.aclose()
 
     def _match(self, data: bytes, expected_id: int, qname: str, qtype: int) -> wire.Message | None:
         """The parsed response if it answers our question, else None (RFC 5452: ignore it)."""
