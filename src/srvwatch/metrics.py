@@ -1,7 +1,8 @@
 """Counters that prove what the resolver did: queries sent, cache hits, sockets opened and closed.
 
 Plain integers on a slotted object so the hot path pays one attribute
-increment; Prometheus exposition is built from :meth:`Counters.snapshot`.
+increment; :meth:`Counters.snapshot` is what ``Resolver.stats()`` returns and
+what an exporter (Prometheus, in the sidecar to come) reads.
 """
 
 from __future__ import annotations
