@@ -30,6 +30,7 @@ from .cache import Cache, Clock
 from .endpoints import Endpoint, EndpointSet, canonical_addresses
 from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
 from .metrics import Counters
+from .names import absolute_name, search_candidates, system_config, type_code, type_text, within
 from .policy import Policy
 from .transport import Nameserver, Transport, parse_nameserver
 from .watch import Updates, WatchLoop
@@ -133,15 +134,16 @@ class Resolver:
                 f"nameservers must be a list of strings, got the string {nameservers!r}"
             )
         if nameservers is None:
-            servers, system_search, system_ndots = _system_config()
+            nameservers, system_search, system_ndots = system_config()
             search = system_search if search is None else search
             ndots = system_ndots if ndots is None else ndots
-        else:
-            servers = [parse_nameserver(text) for text in nameservers]
-            if not servers:
-                raise ValueError("nameservers must not be empty (None reads /etc/resolv.conf)")
+        servers = [parse_nameserver(text) for text in nameservers]
+        if not servers:
+            raise ValueError("nameservers must not be empty (None reads /etc/resolv.conf)")
         self.nameservers: tuple[Nameserver, ...] = tuple(servers)
-        self.search: tuple[str, ...] = tuple(_absolute(s, "search domain") for s in search or ())
+        self.search: tuple[str, ...] = tuple(
+            absolute_name(s, "search domain") for s in search or ()
+        )
         self.ndots = 1 if ndots is None else ndots
         if isinstance(self.ndots, bool) or not isinstance(self.ndots, int) or self.ndots < 0:
             raise ValueError(f"ndots must be an integer >= 0, got {ndots!r}")
@@ -243,7 +245,7 @@ class Resolver:
         loop, which stops when the last watcher leaves. ``rdtype`` is "SRV",
         or "A"/"AAAA" to watch addresses (one endpoint per address, port 0).
         """
-        qtype = _rdtype(rdtype)
+        qtype = type_code(rdtype)
         if qtype not in (wire.TYPE_SRV, wire.TYPE_A, wire.TYPE_AAAA):
             raise ValueError(f"watch supports SRV, A and AAAA records, not {rdtype!r}")
         self._candidates(name)  # a bad name fails here, before anything starts
@@ -346,7 +348,7 @@ class Resolver:
     async def resolve(self, name: str, rdtype: str | int = "A") -> Answer:
         """Records of any type, as dnspython rdata objects."""
         self._counters.lookups += 1
-        qtype = _rdtype(rdtype)
+        qtype = type_code(rdtype)
         key = (name, qtype)
         entry = self._answers.fresh(key)
         if entry is not None and entry.value is not None:
@@ -357,7 +359,7 @@ class Resolver:
             lookup = await self._lookup(fqdn, qtype)
             answer = Answer(
                 name=fqdn,
-                rdtype=_type_text(qtype),
+                rdtype=type_text(qtype),
                 records=tuple(wire.decode_rdata(lookup.data, r) for r in lookup.records),
                 ttl=lookup.ttl,
                 stale=lookup.stale,
@@ -387,20 +389,7 @@ class Resolver:
         known = self._names.get(name)
         if known is not None:
             return known
-        absolute = _absolute(name, "name")
-        if _is_absolute(name):
-            candidates: tuple[str, ...] = (absolute,)
-        else:
-            searched = []
-            for domain in self.search:
-                try:
-                    searched.append(_absolute(f"{absolute}{domain}".rstrip(".") + ".", "name"))
-                except ValueError:
-                    continue  # too long with this suffix: skip it, as stub resolvers do
-            if absolute.count(".") - 1 >= self.ndots:
-                candidates = (absolute, *searched)
-            else:
-                candidates = (*searched, absolute)
+        candidates = search_candidates(name, self.search, self.ndots)
         if len(self._names) >= self.policy.cache_size:
             self._names.clear()
         self._names[name] = candidates
@@ -426,7 +415,7 @@ class Resolver:
             if (
                 rr.name in targets
                 and rr.rdtype in _ADDRESS_TYPES
-                and _within(rr.name, lookup.bailiwick)
+                and within(rr.name, lookup.bailiwick)
             ):
                 decode = wire.decode_a if rr.rdtype == wire.TYPE_A else wire.decode_aaaa
                 glue.setdefault(rr.name, []).append(decode(data, rr))
@@ -556,7 +545,7 @@ class Resolver:
         """Ask upstream, following a CNAME chain across responses when it is incomplete."""
         name = fqdn
         chain_ttl = math.inf
-        type_text = _type_text(qtype)
+        type_name = type_text(qtype)
         for _ in range(_MAX_CNAME_HOPS):
             data, msg = await self._transport.exchange(name, qtype)
             current = name
@@ -596,7 +585,7 @@ class Resolver:
             if msg.rcode == wire.RCODE_NXDOMAIN:
                 raise _NegativeAnswer(
                     _Negative(
-                        True, f"{fqdn} {type_text}: no such name (NXDOMAIN)", fqdn, type_text
+                        True, f"{fqdn} {type_name}: no such name (NXDOMAIN)", fqdn, type_name
                     ),
                     negative_ttl,
                 )
@@ -604,13 +593,13 @@ class Resolver:
                 name = current  # the chain leaves this server's data: ask about its end
                 continue
             raise _NegativeAnswer(
-                _Negative(False, f"{fqdn} has no {type_text} records (NODATA)", fqdn, type_text),
+                _Negative(False, f"{fqdn} has no {type_name} records (NODATA)", fqdn, type_name),
                 negative_ttl,
             )
         raise ServerFailure(
-            f"{fqdn} {type_text}: CNAME chain longer than {_MAX_CNAME_HOPS}",
+            f"{fqdn} {type_name}: CNAME chain longer than {_MAX_CNAME_HOPS}",
             name=fqdn,
-            rdtype=type_text,
+            rdtype=type_name,
         )
 
     async def _coalesce(self, key: object, work: Callable[[], Awaitable[T]]) -> T:
@@ -711,69 +700,16 @@ def _clone(error: BaseException) -> BaseException:
     return error
 
 
-def _type_text(qtype: int) -> str:
-    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
-
-
-def _rdtype(rdtype: str | int) -> int:
-    try:
-        if isinstance(rdtype, str):
-            return int(dns.rdatatype.from_text(rdtype.strip().upper()))
-        if isinstance(rdtype, int) and not isinstance(rdtype, bool) and 0 < rdtype < 65536:
-            return int(rdtype)
-    except (dns.rdatatype.UnknownRdatatype, ValueError):
-        pass
-    raise ValueError(f"unknown record type {rdtype!r}")
-
-
-def _absolute(name: str, what: str) -> str:
-    """Canonical lowercase absolute form, or a ValueError that names the invalid input."""
-    if not isinstance(name, str):
-        raise ValueError(f"{what} must be a string, got {name!r}")
-    if not name or name.strip() != name:
-        raise ValueError(f"{what} {name!r} is not a valid DNS name")
-    try:
-        canonical, _end = wire.read_name(wire.encode_name(name), 0)
-    except (ValueError, wire.WireError) as exc:
-        raise ValueError(f"{what} {name!r} is not a valid DNS name: {exc}") from None
-    return canonical
-
-
-def _is_absolute(name: str) -> bool:
-    """Whether the name ends in an unescaped dot (``a\\.`` is a relative name)."""
-    backslashes = len(name[:-1]) - len(name[:-1].rstrip("\\"))
-    return name.endswith(".") and backslashes % 2 == 0
-
-
-def _within(name: str, zone: str) -> bool:
-    return zone == "." or name == zone or name.endswith("." + zone)
-
-
 def _bailiwick(msg: wire.Message, fqdn: str) -> str:
     """The zone the server vouched for: its SOA/NS owner, else the service's parent domain.
 
     Additional records outside it are ignored (RFC 5452 section 6).
     """
     for rr in msg.authority:
-        if rr.rdtype in (wire.TYPE_SOA, wire.TYPE_NS) and _within(fqdn, rr.name):
+        if rr.rdtype in (wire.TYPE_SOA, wire.TYPE_NS) and within(fqdn, rr.name):
             return rr.name
     labels = fqdn.rstrip(".").split(".")
     while labels and labels[0].startswith("_"):
         labels.pop(0)
     parent = labels[1:] if len(labels) > 2 else labels
     return ".".join(parent) + "." if parent else "."
-
-
-def _system_config() -> tuple[list[Nameserver], list[str], int]:
-    """Nameservers, search list and ndots from /etc/resolv.conf, read as dnspython reads it."""
-    try:
-        system = dns.resolver.Resolver(configure=True)
-    except dns.resolver.NoResolverConfiguration as exc:
-        raise ValueError(f"no nameservers given and the system has none: {exc}") from None
-    servers = []
-    for ns in system.nameservers:
-        text = str(ns)
-        host = f"[{text}]" if ":" in text else text
-        servers.append(parse_nameserver(f"{host}:{system.port}"))
-    search = [s.to_text() for s in system.search]
-    return servers, search, system.ndots if system.ndots is not None else 1

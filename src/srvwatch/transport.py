@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import anyio
-import dns.rdatatype
 from anyio.streams.buffered import BufferedByteReceiveStream
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from . import wire
 from .errors import ResolveTimeout, ServerFailure
 from .metrics import Counters
+from .names import type_text
 from .policy import Policy
 
 __all__ = ["Nameserver", "Transport", "parse_nameserver"]
@@ -278,10 +278,10 @@ class Transport:
             raise self._server_failure(qname, qtype, exc) from None
         except _AttemptFailed as exc:
             raise ResolveTimeout(
-                f"{qname} {_type_text(qtype)}: no answer within {policy.lifetime:g}s "
+                f"{qname} {type_text(qtype)}: no answer within {policy.lifetime:g}s "
                 f"from {', '.join(map(str, servers))} ({exc})",
                 name=qname,
-                rdtype=_type_text(qtype),
+                rdtype=type_text(qtype),
             ) from None
         _unreachable()
 
@@ -299,9 +299,9 @@ class Transport:
     @staticmethod
     def _server_failure(qname: str, qtype: int, cause: object) -> ServerFailure:
         return ServerFailure(
-            f"{qname} {_type_text(qtype)}: every nameserver failed: {cause}",
+            f"{qname} {type_text(qtype)}: every nameserver failed: {cause}",
             name=qname,
-            rdtype=_type_text(qtype),
+            rdtype=type_text(qtype),
         )
 
     async def aclose(self) -> None:
@@ -480,10 +480,6 @@ class Transport:
         # no task is waiting on this descriptor when it closes.
         entry.sock.close()
         self._counters.sockets_closed += 1
-
-
-def _type_text(qtype: int) -> str:
-    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
 
 
 def _unreachable() -> NoReturn:
