@@ -22,8 +22,6 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import dns.rdata
-import dns.rdatatype
-import dns.resolver
 
 from . import wire
 from .cache import Cache, Clock
