@@ -27,6 +27,7 @@ from . import wire
 from .cache import Cache, Clock
 from .endpoints import Endpoint, EndpointSet, canonical_addresses
 from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
+from .flight import Singleflight, clone_error
 from .metrics import Counters
 from .names import absolute_name, search_candidates, system_config, type_code, type_text, within
 from .policy import Policy
@@ -88,18 +89,6 @@ class _Negative:
         return cls(self.message, name=self.name, rdtype=self.rdtype, ttl=self.ttl)
 
 
-class _Flight:
-    """One upstream lookup in progress, shared by every caller that wants it."""
-
-    __slots__ = ("done", "error", "result", "waiters")
-
-    def __init__(self) -> None:
-        self.done: anyio.Event | None = None  # made when a second caller waits
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.waiters = 0
-
-
 class Resolver:
     """A caching, coalescing, stale-serving DNS resolver for service discovery.
 
@@ -158,7 +147,7 @@ class Resolver:
         self._srv_sets: Cache[str, EndpointSet] = Cache(self.policy, clock)
         self._address_sets: Cache[str, tuple[str, ...]] = Cache(self.policy, clock)
         self._answers: Cache[tuple[str, int], Answer] = Cache(self.policy, clock)
-        self._flights: dict[object, _Flight] = {}
+        self._flights = Singleflight(self._counters, self._spawn, lambda: self._closed)
         self._loops: dict[tuple[str, int], WatchLoop] = {}
         self._names: dict[str, tuple[str, ...]] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -515,7 +504,7 @@ class Resolver:
                 if isinstance(value, _Lookup) and entry.servable_stale(now):
                     self._counters.stale += 1
                     return replace(value, stale=True)
-                raise _clone(entry.error)
+                raise clone_error(entry.error)
         self._counters.misses += 1
         return await self._coalesce(key, lambda: self._fetch(fqdn, qtype))
 
@@ -601,76 +590,14 @@ class Resolver:
         )
 
     async def _coalesce(self, key: object, work: Callable[[], Awaitable[T]]) -> T:
-        """Share one in-flight ``work()`` among all callers of ``key``.
-
-        The first caller runs it in its own task (no task switch on the cold
-        path). If that caller is cancelled while others wait, the work is
-        handed to a task of the resolver, and the transport hands over the
-        query already on the wire, so the others still get the one answer.
-        """
-        flight = self._flights.get(key)
-        if flight is not None:
-            self._counters.coalesced += 1
-            flight.waiters += 1
-            if flight.done is None:
-                flight.done = anyio.Event()
-            try:
-                await flight.done.wait()
-            finally:
-                flight.waiters -= 1
-            if flight.error is not None:
-                raise _clone(flight.error)
-            result: T = flight.result
-            return result
+        """One shared ``work()`` per key (see :class:`~srvwatch.flight.Singleflight`)."""
         if self._task_group is None or self._closed:
             raise RuntimeError(
                 "the Resolver is closed"
                 if self._closed
                 else "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
             )
-        flight = _Flight()
-        self._flights[key] = flight
-        self._counters.flights_started += 1
-        try:
-            result = await work()
-        except anyio.get_cancelled_exc_class():
-            if flight.waiters and not self._closed:
-                self._counters.handoffs += 1
-                self._spawn(self._run_flight, key, flight, work)
-            else:
-                self._finish(key, flight, None, ResolveError("the lookup was cancelled"))
-            raise
-        except BaseException as exc:
-            self._finish(key, flight, None, exc)
-            raise
-        self._finish(key, flight, result, None)
-        return result
-
-    async def _run_flight(
-        self, key: object, flight: _Flight, work: Callable[[], Awaitable[Any]]
-    ) -> None:
-        """Finish a flight whose first caller was cancelled, for the callers still waiting."""
-        try:
-            result = await work()
-        except Exception as exc:
-            self._finish(key, flight, None, exc)
-        except BaseException:
-            closed = ResolveError("the Resolver was closed during the lookup")
-            self._finish(key, flight, None, closed)
-            raise
-        else:
-            self._finish(key, flight, result, None)
-
-    def _finish(
-        self, key: object, flight: _Flight, result: Any, error: BaseException | None
-    ) -> None:
-        flight.result = result
-        flight.error = error
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        self._counters.flights_finished += 1
-        if flight.done is not None:
-            flight.done.set()
+        return await self._flights.run(key, work)
 
 
 @asynccontextmanager
@@ -689,13 +616,6 @@ class _NegativeAnswer(Exception):
         super().__init__(value.message)
         self.value = value
         self.ttl = ttl
-
-
-def _clone(error: BaseException) -> BaseException:
-    """A fresh copy of a shared error, so tracebacks never pile up on one instance."""
-    if isinstance(error, ResolveError):
-        return type(error)(str(error), name=error.name, rdtype=error.rdtype, ttl=error.ttl)
-    return error
 
 
 def _bailiwick(msg: wire.Message, fqdn: str) -> str:
