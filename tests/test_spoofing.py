@@ -85,3 +85,38 @@ async def test_out_of_bailiwick_additional_records_are_ignored() -> None:
     assert addresses["a.svc.test."] == ("10.0.0.1",)  # in the zone: taken from additional
     assert addresses["evil.other.test."] == ("192.0.2.7",)  # asked for, not taken on trust
     assert len(seen) == 3  # SRV, then A and AAAA of the out-of-zone target only
+
+
+async def test_hostile_bytes_before_the_answer_are_ignored() -> None:
+    """Garbage, a bare header and a compression loop arrive first; the real answer still counts."""
+    good = dns.message.make_query("host.svc.test.", "A")
+    junk = [
+        b"\xff" * 3,
+        bytes(12),
+        # A response with the right shape whose question name is a pointer to itself.
+        b"\x00\x00\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+    ]
+
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as sock:
+
+        async def serve() -> None:
+            async for data, (host, port) in sock:
+                query = dns.message.from_wire(data)
+                for payload in junk:
+                    await sock.sendto(payload, host, port)
+                response = dns.message.make_response(query)
+                response.answer.append(
+                    dns.rrset.from_text(query.question[0].name, 30, "IN", "A", "10.0.0.5")
+                )
+                await sock.sendto(response.to_wire(), host, port)
+
+        port = sock.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            async with srvwatch.Resolver([f"127.0.0.1:{port}"]) as r:
+                answer = await r.resolve(good.question[0].name.to_text(), "A")
+                stats = r.stats()
+            tg.cancel_scope.cancel()
+    assert [rd.to_text() for rd in answer.records] == ["10.0.0.5"]
+    assert stats["ignored_responses"] == len(junk)
+    assert stats["queries"] == 1
