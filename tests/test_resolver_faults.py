@@ -256,3 +256,24 @@ async def test_cancelled_during_tcp_fallback_closes_the_connection() -> None:
         stats = r.stats()
     assert stats["tcp_queries"] == 1
     assert stats["sockets_opened"] == stats["sockets_closed"] == 2
+
+
+async def test_failover_walks_the_nameservers_in_order() -> None:
+    async with (
+        ZoneServer(ZONE) as first,
+        ZoneServer(ZONE) as second,
+        ZoneServer(ZONE) as third,
+        srvwatch.Resolver([first.address, second.address, third.address], policy=FAST) as r,
+    ):
+        first.inject(Fault(rcode="REFUSED"))
+        second.inject(Fault(drop=True))
+        eps = await r.resolve_srv(SRV)
+        assert len(eps) == 2
+        assert (first.query_count(), second.query_count(), third.query_count()) == (1, 1, 1)
+        # Every server refusing: one round, then ServerFailure, no hammering.
+        for server in (second, third):
+            server.clear_faults()
+            server.inject(Fault(rcode="SERVFAIL"))
+        with pytest.raises(srvwatch.ServerFailure):
+            await r.resolve("host.svc.test", "A")
+        assert (first.query_count(), second.query_count(), third.query_count()) == (2, 2, 2)

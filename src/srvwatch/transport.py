@@ -261,12 +261,11 @@ class Transport:
             retry=retry_if_exception_type(_AttemptFailed),
             reraise=True,
         )
+        server = servers[0]
         try:
             async for attempt in retrying:
                 with attempt:
-                    number = attempt.retry_state.attempt_number + 1  # the first try came before
-                    candidates = [s for s in servers if s not in refused] or list(servers)
-                    server = candidates[(number - 1) % len(candidates)]
+                    server = _next_server(servers, server, refused)
                     remaining = policy.lifetime - (time.monotonic() - loop_start)
                     budget = max(min(policy.timeout, remaining), 0.001)
                     try:
@@ -480,6 +479,18 @@ class Transport:
         # no task is waiting on this descriptor when it closes.
         entry.sock.close()
         self._counters.sockets_closed += 1
+
+
+def _next_server(
+    servers: tuple[Nameserver, ...], last: Nameserver, refused: set[Nameserver]
+) -> Nameserver:
+    """The server after ``last`` in the configured order, skipping ones that refused."""
+    start = servers.index(last)
+    for step in range(1, len(servers) + 1):
+        candidate = servers[(start + step) % len(servers)]
+        if candidate not in refused:
+            return candidate
+    return servers[(start + 1) % len(servers)]
 
 
 def _unreachable() -> NoReturn:
