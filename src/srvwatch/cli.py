@@ -34,7 +34,13 @@ api-backup        A    10.0.0.13
 """
 DEMO_ORIGIN = "svc.test."
 DEMO_SERVICE = "_http._tcp.api.svc.test"
-DEMO_OUTAGE_MIN = 2.5
+DEMO_POLICY = Policy(
+    min_ttl=0.5, max_ttl=1.0, timeout=0.3, lifetime=0.6, backoff_base=0.5, backoff_max=2.0
+)
+# Long enough, whatever --step says, for the last answer to expire and a refresh to
+# time out (so the watch turns stale), and after it for a backed-off retry to succeed.
+DEMO_OUTAGE_MIN = DEMO_POLICY.max_ttl + DEMO_POLICY.lifetime + DEMO_POLICY.backoff_max / 2
+DEMO_RECOVERY_MIN = DEMO_POLICY.backoff_max + 2 * DEMO_POLICY.lifetime
 
 
 def print_endpoints(endpoints: EndpointSet, out: TextIO) -> None:
@@ -87,12 +93,10 @@ async def _rolling_deploy(server: ZoneServer, out: TextIO, step: float, forever:
         await anyio.sleep(step)
         print("-- DNS outage: the server stops answering", file=out)
         server.inject(Fault(drop=True))
-        # Long enough for the last answer to expire (max_ttl 1 s) and a refresh to
-        # time out (lifetime 0.6 s) whatever the step: then the watch turns stale.
         await anyio.sleep(max(step * 2, DEMO_OUTAGE_MIN))
         print("-- DNS is back", file=out)
         server.clear_faults()
-        await anyio.sleep(step)
+        await anyio.sleep(max(step, DEMO_RECOVERY_MIN))
         if not forever:
             return
         print("-- back to the start", file=out)
@@ -108,9 +112,7 @@ async def _rolling_deploy(server: ZoneServer, out: TextIO, step: float, forever:
 async def _demo(out: TextIO, forever: bool = False, step: float = 2.0) -> int:
     from .testing import ZoneServer
 
-    policy = Policy(
-        min_ttl=0.5, max_ttl=1.0, timeout=0.3, lifetime=0.6, backoff_base=0.5, backoff_max=2.0
-    )
+    policy = DEMO_POLICY
     async with ZoneServer(DEMO_ZONE, origin=DEMO_ORIGIN) as server:
         print(
             f"ZoneServer for {DEMO_ORIGIN} on {server.address}; watching {DEMO_SERVICE}", file=out
