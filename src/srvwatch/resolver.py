@@ -236,12 +236,7 @@ class Resolver:
         if qtype not in (wire.TYPE_SRV, wire.TYPE_A, wire.TYPE_AAAA):
             raise ValueError(f"watch supports SRV, A and AAAA records, not {rdtype!r}")
         self._candidates(name)  # a bad name fails here, before anything starts
-        if self._task_group is None or self._closed:
-            raise RuntimeError(
-                "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
-                if not self._closed
-                else "the Resolver is closed"
-            )
+        self._check_open()
         key = (name, qtype)
         loop = self._loops.get(key)
         if loop is None:
@@ -297,9 +292,8 @@ class Resolver:
 
         async def addresses(fqdn: str) -> EndpointSet:
             lookup = await self._lookup(fqdn, qtype, refresh=True)
-            decode = wire.decode_a if qtype == wire.TYPE_A else wire.decode_aaaa
             endpoints = [
-                Endpoint.from_wire(fqdn, 0, 0, 0, (decode(lookup.data, rr),))
+                Endpoint.from_wire(fqdn, 0, 0, 0, (_address(lookup.data, rr),))
                 for rr in lookup.records
             ]
             return EndpointSet.from_wire(fqdn, endpoints, ttl=lookup.ttl)
@@ -404,8 +398,7 @@ class Resolver:
                 and rr.rdtype in _ADDRESS_TYPES
                 and within(rr.name, lookup.bailiwick)
             ):
-                decode = wire.decode_a if rr.rdtype == wire.TYPE_A else wire.decode_aaaa
-                glue.setdefault(rr.name, []).append(decode(data, rr))
+                glue.setdefault(rr.name, []).append(_address(data, rr))
                 ttl = min(ttl, self.policy.clamp_ttl(rr.ttl))
         addresses: dict[str, Sequence[str]] = dict(glue)
         stale = lookup.stale
@@ -465,8 +458,7 @@ class Resolver:
         for qtype in _ADDRESS_TYPES:
             result = results[qtype]
             if isinstance(result, _Lookup):
-                decode = wire.decode_a if qtype == wire.TYPE_A else wire.decode_aaaa
-                found.extend(decode(result.data, rr) for rr in result.records)
+                found.extend(_address(result.data, rr) for rr in result.records)
                 ttl = min(ttl, result.ttl)
                 stale = stale or result.stale
         if not found:
@@ -591,13 +583,17 @@ class Resolver:
 
     async def _coalesce(self, key: object, work: Callable[[], Awaitable[T]]) -> T:
         """One shared ``work()`` per key (see :class:`~srvwatch.flight.Singleflight`)."""
-        if self._task_group is None or self._closed:
-            raise RuntimeError(
-                "the Resolver is closed"
-                if self._closed
-                else "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
-            )
+        self._check_open()
         return await self._flights.run(key, work)
+
+    def _check_open(self) -> None:
+        """Lookups and watches need the task group that ``async with`` opens, and no close."""
+        if self._closed:
+            raise RuntimeError("the Resolver is closed")
+        if self._task_group is None:
+            raise RuntimeError(
+                "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
+            )
 
 
 @asynccontextmanager
@@ -616,6 +612,11 @@ class _NegativeAnswer(Exception):
         super().__init__(value.message)
         self.value = value
         self.ttl = ttl
+
+
+def _address(data: bytes, rr: wire.Record) -> str:
+    """The address text of an A or AAAA record."""
+    return wire.decode_a(data, rr) if rr.rdtype == wire.TYPE_A else wire.decode_aaaa(data, rr)
 
 
 def _bailiwick(msg: wire.Message, fqdn: str) -> str:
