@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srvwatch.endpoints import Endpoint, EndpointSet, Update, changed, diff
+from srvwatch.endpoints import (
+    Endpoint,
+    EndpointSet,
+    Update,
+    canonical_addresses,
+    changed,
+    diff,
+)
 
 NAME = "_http._tcp.api.svc.test."
 DRAWS = 20_000
@@ -525,7 +532,9 @@ def test_set_from_wire_equals_the_validating_build(
     records: list[tuple[str, int, int, int, list[str]]], ttl: float
 ) -> None:
     fast = EndpointSet.from_wire(
-        "_x._tcp.svc.test.", [Endpoint.from_wire(*r) for r in records], ttl=ttl
+        "_x._tcp.svc.test.",
+        [(pr, t, p, w, canonical_addresses(a)) for t, p, pr, w, a in records],
+        ttl=ttl,
     )
     slow = EndpointSet.build(
         "_x._tcp.svc.test.",

@@ -26,6 +26,10 @@ _U16_MAX = 65_535
 EndpointKey = tuple[str, int, int, int, tuple[str, ...]]
 """The identity of an endpoint for diffing: (target, port, priority, weight, addresses)."""
 
+WireRecord = tuple[int, str, int, int, tuple[str, ...]]
+"""A decoded SRV record with its target's addresses: (priority, target, port, weight,
+addresses), fields in canonical order, so sorting these tuples sorts the endpoints."""
+
 
 def _normalize_name(value: object, what: str) -> str:
     """Lowercase with a trailing dot, so "A.Svc.Test" and "a.svc.test." are one key."""
@@ -82,6 +86,8 @@ def canonical_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     For text that is canonical already (as the wire decoder produces): IPv4
     before IPv6, numeric within each, without building ipaddress objects.
     """
+    if type(addresses) is tuple and len(addresses) < 2:
+        return addresses  # one address (a target with one glue record) is already in order
     return tuple(sorted(dict.fromkeys(addresses), key=_packed_key))
 
 
@@ -118,18 +124,35 @@ class Endpoint:
         and canonical address text, and re-parsing every address with
         :mod:`ipaddress` doubled the cost of a cold lookup.
         """
-        ep = object.__new__(cls)
-        setattr_ = object.__setattr__
-        setattr_(ep, "target", target)
-        setattr_(ep, "port", port)
-        setattr_(ep, "priority", priority)
-        setattr_(ep, "weight", weight)
-        setattr_(ep, "addresses", canonical_addresses(addresses))
-        return ep
+        return _new_endpoint(target, port, priority, weight, canonical_addresses(addresses))
 
     def key(self) -> EndpointKey:
         """A plain tuple with the endpoint's identity, for sets, logs and JSON."""
         return (self.target, self.port, self.priority, self.weight, self.addresses)
+
+
+def _endpoint_maker() -> Callable[[str, int, int, int, tuple[str, ...]], Endpoint]:
+    """A constructor for trusted values that fills the slots directly, skipping validation."""
+    new = object.__new__
+    set_target, set_port, set_priority, set_weight, set_addresses = (
+        getattr(Endpoint, f.name).__set__ for f in dataclasses.fields(Endpoint)
+    )
+
+    def make(
+        target: str, port: int, priority: int, weight: int, addresses: tuple[str, ...]
+    ) -> Endpoint:
+        ep: Endpoint = new(Endpoint)
+        set_target(ep, target)
+        set_port(ep, port)
+        set_priority(ep, priority)
+        set_weight(ep, weight)
+        set_addresses(ep, addresses)
+        return ep
+
+    return make
+
+
+_new_endpoint = _endpoint_maker()
 
 
 def _canonical_key(ep: Endpoint) -> tuple[int, str, int, int, tuple[str, ...]]:
@@ -272,15 +295,21 @@ class EndpointSet:
 
     @classmethod
     def from_wire(
-        cls, name: str, endpoints: Iterable[Endpoint], *, ttl: float, stale: bool = False
+        cls, name: str, records: Iterable[WireRecord], *, ttl: float, stale: bool = False
     ) -> EndpointSet:
-        """Build from a decoded answer, skipping re-validation (the cold lookup's hot path).
+        """Build from decoded SRV records, skipping re-validation (the cold lookup's hot path).
 
-        ``name`` must be canonical (lowercase, absolute), the endpoints made by
-        :meth:`Endpoint.from_wire`, none with target ``.``, and ``ttl`` a finite
-        number >= 0: all true of what the wire decoder produces.
+        ``records`` are ``(priority, target, port, weight, addresses)`` tuples:
+        canonical order is their natural tuple order, so deduplicating and
+        sorting them runs in C before any :class:`Endpoint` exists. ``name``
+        and every target must be canonical (lowercase, absolute, not ``.``),
+        the addresses as :func:`canonical_addresses` returns them and ``ttl``
+        a finite number >= 0: all true of what the wire decoder produces.
         """
-        canonical = tuple(sorted(set(endpoints), key=_canonical_key))
+        canonical = tuple(
+            _new_endpoint(target, port, priority, weight, addresses)
+            for priority, target, port, weight, addresses in sorted(set(records))
+        )
         result = object.__new__(cls)
         setattr_ = object.__setattr__
         setattr_(result, "name", name)

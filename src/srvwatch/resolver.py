@@ -25,7 +25,7 @@ import dns.rdata
 
 from . import wire
 from .cache import Cache, Clock
-from .endpoints import Endpoint, EndpointSet, canonical_addresses
+from .endpoints import EndpointSet, canonical_addresses
 from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
 from .flight import Singleflight, clone_error
 from .metrics import Counters
@@ -292,11 +292,8 @@ class Resolver:
 
         async def addresses(fqdn: str) -> EndpointSet:
             lookup = await self._lookup(fqdn, qtype, refresh=True)
-            endpoints = [
-                Endpoint.from_wire(fqdn, 0, 0, 0, (_address(lookup.data, rr),))
-                for rr in lookup.records
-            ]
-            return EndpointSet.from_wire(fqdn, endpoints, ttl=lookup.ttl)
+            records = [(0, fqdn, 0, 0, (_address(lookup.data, rr),)) for rr in lookup.records]
+            return EndpointSet.from_wire(fqdn, records, ttl=lookup.ttl)
 
         return await self._search(name, addresses)
 
@@ -389,53 +386,83 @@ class Resolver:
         records = [wire.decode_srv(data, rr) for rr in lookup.records]
         if len(records) == 1 and records[0][3] == ".":
             return EndpointSet.build(fqdn, (), ttl=lookup.ttl, stale=lookup.stale, no_service=True)
-        targets = {target for *_, target in records if target != "."}
-        glue: dict[str, list[str]] = {}
+        # target -> its addresses, from in-bailiwick glue first (RFC 5452 section 6)
+        addresses: dict[str, list[str]] = {r[3]: [] for r in records if r[3] != "."}
         ttl = lookup.ttl
-        for rr in lookup.additional:
-            if (
-                rr.name in targets
-                and rr.rdtype in _ADDRESS_TYPES
-                and within(rr.name, lookup.bailiwick)
-            ):
-                glue.setdefault(rr.name, []).append(_address(data, rr))
-                ttl = min(ttl, self.policy.clamp_ttl(rr.ttl))
-        addresses: dict[str, Sequence[str]] = dict(glue)
+        if lookup.additional:
+            bailiwick = lookup.bailiwick
+            clamp_ttl = self.policy.clamp_ttl
+            for rr in lookup.additional:
+                glue = addresses.get(rr.name)
+                if glue is not None and rr.rdtype in _ADDRESS_TYPES and within(rr.name, bailiwick):
+                    glue.append(_address(data, rr))
+                    ttl = min(ttl, clamp_ttl(rr.ttl))
+        found = {target: tuple(glue) for target, glue in addresses.items() if glue}
         stale = lookup.stale
-        missing = [t for t in targets if t not in glue]
+        if len(found) < len(addresses):
+            missing = [target for target in addresses if target not in found]
+            ttl, stale = await self._expand_targets(fqdn, missing, found, ttl, stale, refresh)
+        return EndpointSet.from_wire(
+            fqdn,
+            [
+                (priority, target, port, weight, canonical_addresses(found.get(target, ())))
+                for priority, weight, port, target in records
+                if target != "."
+            ],
+            ttl=ttl,
+            stale=stale,
+        )
+
+    async def _expand_targets(
+        self,
+        fqdn: str,
+        targets: list[str],
+        found: dict[str, tuple[str, ...]],
+        ttl: float,
+        stale: bool,
+        refresh: bool,
+    ) -> tuple[float, bool]:
+        """Resolve SRV targets that came without glue, concurrently, into ``found``.
+
+        Returns the set's TTL and stale flag with the targets' folded in. A
+        target without addresses gets none (and a short TTL); a failing one
+        does too, except in a watch refresh, which raises so the watch keeps
+        its last good endpoints.
+        """
+        failures: list[ResolveError] = []
 
         async def expand(target: str) -> None:
             nonlocal ttl, stale
             try:
-                found, found_ttl, found_stale = await self._address_set(target, refresh=refresh)
+                addresses, target_ttl, target_stale = await self._address_set(
+                    target, refresh=refresh
+                )
             except (NXDomain, NoData) as exc:
                 log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, exc)
-                found, found_ttl, found_stale = (), exc.ttl or self.policy.negative_min_ttl, False
+                addresses, target_ttl, target_stale = (
+                    (),
+                    exc.ttl or self.policy.negative_min_ttl,
+                    False,
+                )
             except ResolveError as exc:
                 if refresh:
-                    failures.append(exc)  # a watch keeps its last good endpoints instead
+                    failures.append(exc)
                     return
                 log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, exc)
-                found, found_ttl, found_stale = (), self.policy.negative_min_ttl, False
-            addresses[target] = found
-            ttl = min(ttl, found_ttl)
-            stale = stale or found_stale
+                addresses, target_ttl, target_stale = (), self.policy.negative_min_ttl, False
+            found[target] = addresses
+            ttl = min(ttl, target_ttl)
+            stale = stale or target_stale
 
-        failures: list[ResolveError] = []
-        if len(missing) == 1:
-            await expand(missing[0])
-        elif missing:
+        if len(targets) == 1:
+            await expand(targets[0])
+        else:
             async with anyio.create_task_group() as task_group:
-                for target in missing:
+                for target in targets:
                     task_group.start_soon(expand, target)
         if failures:
             raise failures[0]
-        endpoints = [
-            Endpoint.from_wire(target, port, priority, weight, addresses.get(target, ()))
-            for priority, weight, port, target in records
-            if target != "."
-        ]
-        return EndpointSet.from_wire(fqdn, endpoints, ttl=ttl, stale=stale)
+        return ttl, stale
 
     async def _address_set(
         self, fqdn: str, *, refresh: bool = False

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.buffered import BufferedByteReceiveStream
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
@@ -317,20 +318,13 @@ class Transport:
     async def _attempt(
         self, server: Nameserver, template: bytes, qname: str, qtype: int, budget: float
     ) -> tuple[bytes, wire.Message]:
+        deadline = anyio.current_time() + budget
         try:
-            # A bare cancel scope: fail_after's generator-based context manager
-            # cost a tenth of a cold lookup.
-            with anyio.CancelScope(deadline=anyio.current_time() + budget) as scope:
-                data, msg = await self._udp(server, template, qname, qtype)
-                if msg.tc:
-                    self._counters.truncated += 1
-                    data, msg = await self._tcp(server, template, qname, qtype)
-            if scope.cancelled_caught:
-                raise TimeoutError
+            data, msg = await self._udp(server, template, qname, qtype, deadline)
+            if msg.tc:
+                self._counters.truncated += 1
+                data, msg = await self._tcp(server, template, qname, qtype, deadline)
         except TimeoutError:
-            orphan = self._orphans.pop((server, qname, qtype), None)
-            if orphan is not None:
-                self._close_udp(orphan.entry)
             self._counters.timeouts += 1
             raise _AttemptTimeout(f"{server} timed out after {budget:.3g}s") from None
         except OSError as exc:
@@ -342,8 +336,16 @@ class Transport:
         return data, msg
 
     async def _udp(
-        self, server: Nameserver, template: bytes, qname: str, qtype: int
+        self, server: Nameserver, template: bytes, qname: str, qtype: int, deadline: float
     ) -> tuple[bytes, wire.Message]:
+        """Send the query (or adopt an orphaned one) and return its matching answer.
+
+        After sending it yields to the event loop once, then tries to read:
+        a nearby server (a node-local cache, a sidecar) has answered by then,
+        and the answer is taken without registering for readiness or arming
+        a timer. Only when nothing matching has arrived does it wait, under
+        a cancel scope with the attempt's deadline.
+        """
         key = (server, qname, qtype)
         orphan = self._orphans.pop(key, None) if self._orphans else None
         if orphan is not None and orphan.deadline > time.monotonic():
@@ -361,19 +363,22 @@ class Transport:
                 self._release(entry, False)
                 raise
             self._counters.count_query(qname)
-            expected_id = struct.unpack("!H", query_id)[0]
+            expected_id = int.from_bytes(query_id, "big")
+        sock = entry.sock
         reusable = parked = False
         try:
-            while True:
-                await anyio.wait_readable(entry.sock)
-                try:
-                    data = entry.sock.recv(_MAX_UDP_RESPONSE)
-                except BlockingIOError:
-                    continue
-                msg = self._match(data, expected_id, qname, qtype)
-                if msg is not None:
-                    reusable = True
-                    return data, msg
+            # A checkpoint: other tasks run, cancellation is seen, the server answers.
+            await anyio.lowlevel.checkpoint()
+            found = self._receive_ready(sock, expected_id, qname, qtype)
+            if found is None:
+                with anyio.CancelScope(deadline=deadline):
+                    while found is None:
+                        await anyio.wait_readable(sock)
+                        found = self._receive_ready(sock, expected_id, qname, qtype)
+                if found is None:
+                    raise TimeoutError  # the deadline passed
+            reusable = True
+            return found
         except anyio.get_cancelled_exc_class():
             # Keep the query for whoever takes over the lookup (see Resolver._coalesce);
             # a timeout discards it again in _attempt.
@@ -386,7 +391,27 @@ class Transport:
             if not parked:
                 self._release(entry, reusable)
 
+    def _receive_ready(
+        self, sock: socket.socket, expected_id: int, qname: str, qtype: int
+    ) -> tuple[bytes, wire.Message] | None:
+        """The matching answer among the datagrams already queued, else None."""
+        while True:
+            try:
+                data = sock.recv(_MAX_UDP_RESPONSE)
+            except BlockingIOError:
+                return None
+            msg = self._match(data, expected_id, qname, qtype)
+            if msg is not None:
+                return data, msg
+
     async def _tcp(
+        self, server: Nameserver, template: bytes, qname: str, qtype: int, deadline: float
+    ) -> tuple[bytes, wire.Message]:
+        with anyio.CancelScope(deadline=deadline):
+            return await self._tcp_exchange(server, template, qname, qtype)
+        raise TimeoutError  # only the deadline ends the scope without a return
+
+    async def _tcp_exchange(
         self, server: Nameserver, template: bytes, qname: str, qtype: int
     ) -> tuple[bytes, wire.Message]:
         query_id = os.urandom(2)
