@@ -6,7 +6,6 @@ servers can be run through the same comparison.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import struct
 from collections.abc import Callable
@@ -459,7 +458,7 @@ def test_records_are_frozen_and_equal_to_constructed() -> None:
     assert rr == same
     assert hash(rr) == hash(same)
     assert type(rr) is Record
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         rr.ttl = 5  # type: ignore[misc]
     assert not hasattr(rr, "__dict__")
 
@@ -775,7 +774,7 @@ def test_decode_soa_validation() -> None:
 
 def test_decoders_check_rdata_bounds() -> None:
     data, rr = _single(1, b"\x01\x02\x03\x04")
-    forged = dataclasses.replace(rr, rdata_offset=len(data) - 2)
+    forged = rr._replace(rdata_offset=len(data) - 2)
     for decode in (wire.decode_a, wire.decode_srv, wire.decode_cname, wire.decode_rdata):
         with pytest.raises(WireError, match="outside"):
             decode(data, forged)

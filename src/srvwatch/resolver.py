@@ -10,6 +10,7 @@ an answer.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -551,7 +552,6 @@ class Resolver:
         """Ask upstream, following a CNAME chain across responses when it is incomplete."""
         name = fqdn
         chain_ttl = math.inf
-        type_name = type_text(qtype)
         for _ in range(_MAX_CNAME_HOPS):
             data, msg = await self._transport.exchange(name, qtype)
             current = name
@@ -573,7 +573,7 @@ class Resolver:
                 chain_ttl = min(chain_ttl, cname.ttl)
                 current = wire.decode_cname(data, cname)
             if records:
-                ttl = min(chain_ttl, *(r.ttl for r in records))
+                ttl = min(chain_ttl, min([r.ttl for r in records]))
                 return _Lookup(
                     name=fqdn,
                     rdtype=qtype,
@@ -584,6 +584,7 @@ class Resolver:
                     canonical_name=current,
                     ttl=self.policy.clamp_ttl(ttl),  # what the cache keeps it for
                 )
+            type_name = type_text(qtype)
             soa = next((r for r in msg.authority if r.rdtype == wire.TYPE_SOA), None)
             negative_ttl = self.policy.negative_ttl(
                 soa.ttl if soa else None, wire.decode_soa(data, soa).minimum if soa else None
@@ -603,9 +604,9 @@ class Resolver:
                 negative_ttl,
             )
         raise ServerFailure(
-            f"{fqdn} {type_name}: CNAME chain longer than {_MAX_CNAME_HOPS}",
+            f"{fqdn} {type_text(qtype)}: CNAME chain longer than {_MAX_CNAME_HOPS}",
             name=fqdn,
-            rdtype=type_name,
+            rdtype=type_text(qtype),
         )
 
     async def _coalesce(self, key: object, work: Callable[[], Awaitable[T]]) -> T:
@@ -654,6 +655,12 @@ def _bailiwick(msg: wire.Message, fqdn: str) -> str:
     for rr in msg.authority:
         if rr.rdtype in (wire.TYPE_SOA, wire.TYPE_NS) and within(fqdn, rr.name):
             return rr.name
+    return _parent_domain(fqdn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parent_domain(fqdn: str) -> str:
+    """``_http._tcp.api.svc.test.`` -> ``svc.test.``: the service labels and the host go."""
     labels = fqdn.rstrip(".").split(".")
     while labels and labels[0].startswith("_"):
         labels.pop(0)
