@@ -41,6 +41,20 @@ def _decode_all(data: bytes, msg: wire.Message) -> None:
         ):
             with contextlib.suppress(WireError):
                 decode(data, rr)
+        _agree_srv_with_parse_names(data, msg, rr)
+
+
+def _agree_srv_with_parse_names(data: bytes, msg: wire.Message, rr: wire.Record) -> None:
+    """decode_srv with the names parse() read must give what a fresh walk gives, or fail alike."""
+    try:
+        fresh: object = wire.decode_srv(data, rr)
+    except WireError as exc:
+        fresh = type(exc)
+    try:
+        reused: object = wire.decode_srv(data, rr, msg.names)
+    except WireError as exc:
+        reused = type(exc)
+    assert reused == fresh
 
 
 def _walk(data: bytes) -> wire.Message | None:

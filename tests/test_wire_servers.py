@@ -85,6 +85,7 @@ def assert_same_as_dnspython(data: bytes) -> None:
                     rd.port,
                     rd.target.to_text().lower(),  # type: ignore[attr-defined]
                 )
+                assert wire.decode_srv(data, rr, msg.names) == wire.decode_srv(data, rr)
             elif rr.rdtype == wire.TYPE_A:
                 assert wire.decode_a(data, rr) == rd.to_text()
             elif rr.rdtype == wire.TYPE_AAAA:

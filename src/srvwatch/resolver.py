@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -73,6 +73,10 @@ class _Lookup:
     canonical_name: str
     ttl: float
     stale: bool = False
+    names: dict[int, tuple[str, int, int, int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """The response's :attr:`wire.Message.names`, for decoding its SRV targets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +388,8 @@ class Resolver:
     async def _build_srv_set(self, fqdn: str, refresh: bool) -> EndpointSet:
         lookup = await self._lookup(fqdn, wire.TYPE_SRV, refresh=refresh)
         data = lookup.data
-        records = [wire.decode_srv(data, rr) for rr in lookup.records]
+        names = lookup.names
+        records = [wire.decode_srv(data, rr, names) for rr in lookup.records]
         if len(records) == 1 and records[0][3] == ".":
             return EndpointSet.build(fqdn, (), ttl=lookup.ttl, stale=lookup.stale, no_service=True)
         # target -> its addresses, from in-bailiwick glue first (RFC 5452 section 6)
@@ -583,6 +588,7 @@ class Resolver:
                     bailiwick=_bailiwick(msg, fqdn),
                     canonical_name=current,
                     ttl=self.policy.clamp_ttl(ttl),  # what the cache keeps it for
+                    names=msg.names,
                 )
             type_name = type_text(qtype)
             soa = next((r for r in msg.authority if r.rdtype == wire.TYPE_SOA), None)

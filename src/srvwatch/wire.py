@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
 import dns.rdata
@@ -170,6 +170,8 @@ class Message:
     authority: tuple[Record, ...]
     additional: tuple[Record, ...]
     edns_payload: int | None
+    names: _NameCache = field(default_factory=dict, compare=False, repr=False)
+    """The names read while parsing, by offset; lets :func:`decode_srv` skip a second walk."""
 
     @property
     def qr(self) -> bool:
@@ -401,6 +403,13 @@ def parse(data: _BytesLike) -> Message:
                 continue
             if ttl > _MAX_TTL:
                 ttl = 0
+            if rdtype == TYPE_SRV and rdlen > 6:
+                # Read the target now: glue owners point at it, and decode_srv reuses it.
+                # (try/except, not contextlib.suppress: this runs per record.)
+                try:  # noqa: SIM105
+                    _read_name(buf, rdata + 6, names)
+                except WireError:
+                    pass  # decode_srv reports it, if anyone asks for this record
             out.append(
                 new_record(Record, (name, rdtype, rdclass, ttl, rdata - 6, rdata, rdlen, section))
             )
@@ -416,6 +425,7 @@ def parse(data: _BytesLike) -> Message:
         tuple(authority),
         tuple(additional),
         edns_payload,
+        names,
     )
 
 
@@ -565,14 +575,24 @@ def _rdata_end(data: bytes, rr: Record) -> int:
     return end
 
 
-def decode_srv(data: _BytesLike, rr: Record) -> tuple[int, int, int, str]:
-    """(priority, weight, port, target); a target of ``"."`` means "no service" (RFC 2782)."""
+def decode_srv(
+    data: _BytesLike, rr: Record, names: _NameCache | None = None
+) -> tuple[int, int, int, str]:
+    """(priority, weight, port, target); a target of ``"."`` means "no service" (RFC 2782).
+
+    ``names`` is the :attr:`Message.names` of the message ``rr`` came from.
+    """
     buf = _as_bytes(data)
     end = _rdata_end(buf, rr)
     if rr.rdata_length < 7:
         raise WireError(f"SRV rdata at offset {rr.rdata_offset} is {rr.rdata_length} bytes")
     priority, weight, port = _SRV_FIXED.unpack_from(buf, rr.rdata_offset)
-    target, name_end = _read_name(buf, rr.rdata_offset + 6)
+    # A name read from the same offset of the same message, under the same limit.
+    known = names.get(rr.rdata_offset + 6) if names is not None else None
+    if known is not None:
+        target, name_end = known[0], known[3]
+    else:
+        target, name_end = _read_name(buf, rr.rdata_offset + 6)
     if name_end != end:
         raise WireError(f"SRV target at offset {rr.rdata_offset + 6} does not fill the rdata")
     return priority, weight, port, target
