@@ -1032,3 +1032,25 @@ def test_age_ttls_rejects(elapsed: int, floor: int) -> None:
     buf = bytearray(_odd_ttls().to_wire())
     with pytest.raises(ValueError, match=r"elapsed|floor"):
         wire.age_ttls(buf, wire.parse(bytes(buf)), elapsed, floor)
+
+
+def test_parse_with_the_asked_question_skips_reading_it_but_agrees() -> None:
+    data = _srv_with_glue().to_wire()
+    plain = wire.parse(data)
+    asked = wire.question_of(wire.build_query(plain.qname, plain.qtype, 0))
+    assert asked[1] == plain.qname
+    assert wire.parse(data, asked) == plain
+    # A question echoed in other case (0x20) does not match byte for byte: read as usual.
+    upper = data[:12] + data[12:].replace(b"svc", b"SVC", 1)
+    assert wire.parse(upper, asked) == wire.parse(upper)
+    # Another question entirely: read, not taken from ``asked``.
+    other = wire.question_of(wire.build_query("other.test.", wire.TYPE_A, 0))
+    assert wire.parse(data, other).qname == plain.qname
+
+
+def test_srv_targets_read_once_per_process_agree_with_a_fresh_walk() -> None:
+    data = _srv_with_glue().to_wire()
+    for _ in range(2):  # the second parse takes the targets from the process-wide memo
+        msg = wire.parse(data)
+        for rr in msg.answers:
+            assert wire.decode_srv(data, rr, msg.names) == wire.decode_srv(data, rr)

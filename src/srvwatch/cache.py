@@ -109,14 +109,9 @@ class Cache(Generic[K, V]):
             ttl = p.clamp_ttl(ttl)
             stale_window = p.stale_ttl
         now = self._clock()
-        entry = CacheEntry(
-            value=value,
-            negative=negative,
-            ttl=ttl,
-            stored_at=now,
-            expires_at=now + ttl,
-            stale_until=now + ttl + stale_window,
-        )
+        expires_at = now + ttl
+        # value, negative, ttl, stored_at, expires_at, stale_until (positional: a hot path)
+        entry = CacheEntry(value, negative, ttl, now, expires_at, expires_at + stale_window)
         self._store(key, entry)
         return entry
 

@@ -48,7 +48,8 @@ class Singleflight:
     def __len__(self) -> int:
         return len(self._flights)
 
-    async def run(self, key: object, work: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, key: object, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await work(*args)``, or the outcome of the one already in flight for ``key``."""
         flight = self._flights.get(key)
         if flight is not None:
             self._counters.coalesced += 1
@@ -67,11 +68,11 @@ class Singleflight:
         self._flights[key] = flight
         self._counters.flights_started += 1
         try:
-            result = await work()
+            result = await work(*args)
         except anyio.get_cancelled_exc_class():
             if flight.waiters and not self._closed():
                 self._counters.handoffs += 1
-                self._spawn(self._finish_for_others, key, flight, work)
+                self._spawn(self._finish_for_others, key, flight, work, args)
             else:
                 self._finish(key, flight, None, ResolveError("the lookup was cancelled"))
             raise
@@ -82,11 +83,15 @@ class Singleflight:
         return result
 
     async def _finish_for_others(
-        self, key: object, flight: _Flight, work: Callable[[], Awaitable[Any]]
+        self,
+        key: object,
+        flight: _Flight,
+        work: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
     ) -> None:
         """Run a flight whose first caller was cancelled, for the callers still waiting."""
         try:
-            result = await work()
+            result = await work(*args)
         except Exception as exc:
             self._finish(key, flight, None, exc)
         except BaseException:

@@ -359,6 +359,8 @@ class Resolver:
     async def _search(self, name: str, lookup: Callable[[str], Awaitable[T]]) -> T:
         """Try each candidate from the search list; NXDOMAIN/NODATA move on to the next."""
         candidates = self._candidates(name)
+        if len(candidates) == 1:
+            return await lookup(candidates[0])
         last: ResolveError | None = None
         for fqdn in candidates:
             try:
@@ -381,9 +383,7 @@ class Resolver:
     # -- SRV and address sets -----------------------------------------------------
 
     async def _srv_set(self, fqdn: str, *, refresh: bool = False) -> EndpointSet:
-        return await self._coalesce(
-            ("srv", fqdn, refresh), lambda: self._build_srv_set(fqdn, refresh)
-        )
+        return await self._coalesce(("srv", fqdn, refresh), self._build_srv_set, fqdn, refresh)
 
     async def _build_srv_set(self, fqdn: str, refresh: bool) -> EndpointSet:
         lookup = await self._lookup(fqdn, wire.TYPE_SRV, refresh=refresh)
@@ -510,10 +510,7 @@ class Resolver:
         failures are raised, because the loop keeps its own last good answer.
         """
         if refresh:
-            return await self._coalesce(
-                ("refresh", fqdn, qtype),
-                lambda: self._fetch(fqdn, qtype, serve_stale=False),
-            )
+            return await self._coalesce(("refresh", fqdn, qtype), self._fetch, fqdn, qtype, False)
         key = (fqdn, qtype)
         entry = self._records.get(key)
         if entry is not None:
@@ -531,9 +528,9 @@ class Resolver:
                     return replace(value, stale=True)
                 raise clone_error(entry.error)
         self._counters.misses += 1
-        return await self._coalesce(key, lambda: self._fetch(fqdn, qtype))
+        return await self._coalesce(key, self._fetch, fqdn, qtype)
 
-    async def _fetch(self, fqdn: str, qtype: int, *, serve_stale: bool = True) -> _Lookup:
+    async def _fetch(self, fqdn: str, qtype: int, serve_stale: bool = True) -> _Lookup:
         key = (fqdn, qtype)
         try:
             lookup = await self._query(fqdn, qtype)
@@ -615,10 +612,10 @@ class Resolver:
             rdtype=type_text(qtype),
         )
 
-    async def _coalesce(self, key: object, work: Callable[[], Awaitable[T]]) -> T:
-        """One shared ``work()`` per key (see :class:`~srvwatch.flight.Singleflight`)."""
+    async def _coalesce(self, key: object, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """One shared ``work(*args)`` per key (see :class:`~srvwatch.flight.Singleflight`)."""
         self._check_open()
-        return await self._flights.run(key, work)
+        return await self._flights.run(key, work, *args)
 
     def _check_open(self) -> None:
         """Lookups and watches need the task group that ``async with`` opens, and no close."""

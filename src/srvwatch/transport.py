@@ -138,6 +138,18 @@ class _Orphan:
         self.deadline = deadline
 
 
+class _Query:
+    """One (name, type) question: the query with ID 0, and its question section as sent."""
+
+    __slots__ = ("asked", "qname", "qtype", "template")
+
+    def __init__(self, qname: str, qtype: int) -> None:
+        self.qname = qname
+        self.qtype = qtype
+        self.template = wire.build_query(qname, qtype, 0)
+        self.asked = wire.question_of(self.template)
+
+
 class Transport:
     """Sends queries to nameservers with failover, retries, timeouts and TCP fallback.
 
@@ -169,7 +181,7 @@ class Transport:
         self._max_uses = max_socket_uses
         self._max_idle = max_idle_sockets
         self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
-        self._templates: dict[tuple[str, int], bytes] = {}
+        self._queries: dict[tuple[str, int], _Query] = {}
         self._orphans: dict[tuple[Nameserver, str, int], _Orphan] = {}
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -222,7 +234,7 @@ class Transport:
         :class:`ServerFailure`. Timeouts and network errors are retried with
         jittered backoff until ``policy.lifetime``, then :class:`ResolveTimeout`.
         """
-        template = self._template(qname, qtype)
+        query = self._query(qname, qtype)
         servers = self.nameservers
         policy = self._policy
         loop_start = time.monotonic()
@@ -239,7 +251,7 @@ class Transport:
         # The common case, one attempt that works, stays off the retry machinery.
         first_budget = min(policy.timeout, policy.lifetime)
         try:
-            return await self._attempt(servers[0], template, qname, qtype, first_budget)
+            return await self._attempt(servers[0], query, first_budget)
         except _AttemptRcode as exc:
             refused.add(servers[0])
             if len(servers) == 1:
@@ -270,7 +282,7 @@ class Transport:
                     remaining = policy.lifetime - (time.monotonic() - loop_start)
                     budget = max(min(policy.timeout, remaining), 0.001)
                     try:
-                        return await self._attempt(server, template, qname, qtype, budget)
+                        return await self._attempt(server, query, budget)
                     except _AttemptRcode:
                         refused.add(server)
                         raise
@@ -285,16 +297,16 @@ class Transport:
             ) from None
         _unreachable()
 
-    def _template(self, qname: str, qtype: int) -> bytes:
-        """The query for (name, type) with ID 0; cached, since watch loops ask the same often."""
+    def _query(self, qname: str, qtype: int) -> _Query:
+        """The query for (name, type); cached, since watch loops ask the same often."""
         key = (qname, qtype)
-        template = self._templates.get(key)
-        if template is None:
-            template = wire.build_query(qname, qtype, 0)
-            if len(self._templates) >= _TEMPLATE_CACHE_SIZE:
-                self._templates.clear()
-            self._templates[key] = template
-        return template
+        query = self._queries.get(key)
+        if query is None:
+            query = _Query(qname, qtype)
+            if len(self._queries) >= _TEMPLATE_CACHE_SIZE:
+                self._queries.clear()
+            self._queries[key] = query
+        return query
 
     @staticmethod
     def _server_failure(qname: str, qtype: int, cause: object) -> ServerFailure:
@@ -316,14 +328,14 @@ class Transport:
     # -- one attempt --------------------------------------------------------------
 
     async def _attempt(
-        self, server: Nameserver, template: bytes, qname: str, qtype: int, budget: float
+        self, server: Nameserver, query: _Query, budget: float
     ) -> tuple[bytes, wire.Message]:
         deadline = anyio.current_time() + budget
         try:
-            data, msg = await self._udp(server, template, qname, qtype, deadline)
+            data, msg = await self._udp(server, query, deadline)
             if msg.tc:
                 self._counters.truncated += 1
-                data, msg = await self._tcp(server, template, qname, qtype, deadline)
+                data, msg = await self._tcp(server, query, deadline)
         except TimeoutError:
             self._counters.timeouts += 1
             raise _AttemptTimeout(f"{server} timed out after {budget:.3g}s") from None
@@ -336,7 +348,7 @@ class Transport:
         return data, msg
 
     async def _udp(
-        self, server: Nameserver, template: bytes, qname: str, qtype: int, deadline: float
+        self, server: Nameserver, query: _Query, deadline: float
     ) -> tuple[bytes, wire.Message]:
         """Send the query (or adopt an orphaned one) and return its matching answer.
 
@@ -346,7 +358,7 @@ class Transport:
         a timer. Only when nothing matching has arrived does it wait, under
         a cancel scope with the attempt's deadline.
         """
-        key = (server, qname, qtype)
+        key = (server, query.qname, query.qtype)
         orphan = self._orphans.pop(key, None) if self._orphans else None
         if orphan is not None and orphan.deadline > time.monotonic():
             # A cancelled caller's query is still on the wire: wait for its answer.
@@ -358,23 +370,23 @@ class Transport:
             entry = self._acquire(server)
             query_id = os.urandom(2)
             try:
-                entry.sock.send(query_id + template[2:])
+                entry.sock.send(query_id + query.template[2:])
             except BaseException:
                 self._release(entry, False)
                 raise
-            self._counters.count_query(qname)
+            self._counters.count_query(query.qname)
             expected_id = int.from_bytes(query_id, "big")
         sock = entry.sock
         reusable = parked = False
         try:
             # A checkpoint: other tasks run, cancellation is seen, the server answers.
             await anyio.lowlevel.checkpoint()
-            found = self._receive_ready(sock, expected_id, qname, qtype)
+            found = self._receive_ready(sock, expected_id, query)
             if found is None:
                 with anyio.CancelScope(deadline=deadline):
                     while found is None:
                         await anyio.wait_readable(sock)
-                        found = self._receive_ready(sock, expected_id, qname, qtype)
+                        found = self._receive_ready(sock, expected_id, query)
                 if found is None:
                     raise TimeoutError  # the deadline passed
             reusable = True
@@ -392,7 +404,7 @@ class Transport:
                 self._release(entry, reusable)
 
     def _receive_ready(
-        self, sock: socket.socket, expected_id: int, qname: str, qtype: int
+        self, sock: socket.socket, expected_id: int, query: _Query
     ) -> tuple[bytes, wire.Message] | None:
         """The matching answer among the datagrams already queued, else None."""
         while True:
@@ -400,34 +412,32 @@ class Transport:
                 data = sock.recv(_MAX_UDP_RESPONSE)
             except BlockingIOError:
                 return None
-            msg = self._match(data, expected_id, qname, qtype)
+            msg = self._match(data, expected_id, query)
             if msg is not None:
                 return data, msg
 
     async def _tcp(
-        self, server: Nameserver, template: bytes, qname: str, qtype: int, deadline: float
+        self, server: Nameserver, query: _Query, deadline: float
     ) -> tuple[bytes, wire.Message]:
         with anyio.CancelScope(deadline=deadline):
-            return await self._tcp_exchange(server, template, qname, qtype)
+            return await self._tcp_exchange(server, query)
         raise TimeoutError  # only the deadline ends the scope without a return
 
-    async def _tcp_exchange(
-        self, server: Nameserver, template: bytes, qname: str, qtype: int
-    ) -> tuple[bytes, wire.Message]:
+    async def _tcp_exchange(self, server: Nameserver, query: _Query) -> tuple[bytes, wire.Message]:
         query_id = os.urandom(2)
-        query = query_id + template[2:]
-        expected_id = struct.unpack("!H", query_id)[0]
+        packet = query_id + query.template[2:]
+        expected_id = int.from_bytes(query_id, "big")
         stream = await anyio.connect_tcp(server.host, server.port)
         self._counters.sockets_opened += 1
         try:
-            await stream.send(struct.pack("!H", len(query)) + query)
-            self._counters.count_query(qname)
+            await stream.send(struct.pack("!H", len(packet)) + packet)
+            self._counters.count_query(query.qname)
             self._counters.tcp_queries += 1
             reader = BufferedByteReceiveStream(stream)
             while True:
                 (length,) = struct.unpack("!H", await reader.receive_exactly(2))
                 data = await reader.receive_exactly(length)
-                msg = self._match(data, expected_id, qname, qtype)
+                msg = self._match(data, expected_id, query)
                 if msg is not None:
                     return data, msg
         except (anyio.EndOfStream, anyio.IncompleteRead):
@@ -438,10 +448,10 @@ class Transport:
             self._counters.sockets_closed += 1
             await stream.aclose()
 
-    def _match(self, data: bytes, expected_id: int, qname: str, qtype: int) -> wire.Message | None:
+    def _match(self, data: bytes, expected_id: int, query: _Query) -> wire.Message | None:
         """The parsed response if it answers our question, else None (RFC 5452: ignore it)."""
         try:
-            msg = wire.parse(data)
+            msg = wire.parse(data, query.asked)
         except wire.WireError as exc:
             self._counters.ignored_responses += 1
             log.debug("ignoring malformed response: %s", exc)
@@ -449,8 +459,8 @@ class Transport:
         if (
             msg.id != expected_id
             or not msg.qr
-            or msg.qname != qname
-            or msg.qtype != qtype
+            or msg.qname != query.qname
+            or msg.qtype != query.qtype
             or msg.qclass != wire.CLASS_IN
         ):
             self._counters.ignored_responses += 1

@@ -67,6 +67,7 @@ __all__ = [
     "parse",
     "patch_id",
     "question_key",
+    "question_of",
     "read_name",
     "rewrite_ttls",
 ]
@@ -315,6 +316,40 @@ def _read_name(data: bytes, offset: int, cache: _NameCache | None = None) -> tup
     return text, end
 
 
+# Uncompressed names seen as SRV targets (RFC 2782 forbids compressing them): their
+# wire bytes -> (text, octets). The same few targets come back in every answer.
+_TARGET_NAMES: dict[bytes, tuple[str, int]] = {}
+_TARGET_NAMES_MAX = 4096
+
+
+def _read_srv_target(buf: bytes, start: int, end: int, cache: _NameCache) -> None:
+    """Put the SRV target at ``start`` (rdata ending at ``end``) into ``cache``, if valid.
+
+    Identical bytes holding a whole name without pointers walk identically in
+    any message, so such a name is read once per process. A bad target is
+    left out: decode_srv reports it, if anyone asks for that record.
+    """
+    raw = buf[start:end]
+    known = _TARGET_NAMES.get(raw)
+    if known is not None:
+        cache[start] = (known[0], known[1], 0, end)
+        return
+    try:
+        text, name_end = _read_name(buf, start, cache)
+    except WireError:
+        return
+    if name_end == end and cache[start][2] == 0:
+        if len(_TARGET_NAMES) >= _TARGET_NAMES_MAX:
+            _TARGET_NAMES.clear()
+        _TARGET_NAMES[raw] = (text, cache[start][1])
+
+
+def question_of(query: bytes) -> tuple[bytes, str]:
+    """The question section of a query built here, and its name: :func:`parse`'s ``asked``."""
+    name, end = _read_name(query, _HEADER_LEN)
+    return query[_HEADER_LEN : end + 4], name
+
+
 def read_name(data: _BytesLike, offset: int) -> tuple[str, int]:
     """Read the name at ``offset``: (lowercase presentation form, offset just after it).
 
@@ -327,8 +362,13 @@ def read_name(data: _BytesLike, offset: int) -> tuple[str, int]:
     return _read_name(buf, offset)
 
 
-def parse(data: _BytesLike) -> Message:
-    """Walk a whole message: header, the single question, and every record's offsets."""
+def parse(data: _BytesLike, asked: tuple[bytes, str] | None = None) -> Message:
+    """Walk a whole message: header, the single question, and every record's offsets.
+
+    ``asked`` is the question section of the query this should answer, as
+    sent, with its name as text (see :func:`question_of`): when the response
+    echoes it byte for byte, as servers do, the name is not read again.
+    """
     buf = _as_bytes(data)
     n = len(buf)
     if n < _HEADER_LEN:
@@ -336,7 +376,13 @@ def parse(data: _BytesLike) -> Message:
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf, 0)
     pos = _HEADER_LEN
     names: _NameCache = {}
-    if qdcount == 1:
+    if qdcount == 1 and asked is not None and buf.startswith(asked[0], _HEADER_LEN):
+        qname = asked[1]
+        pos += len(asked[0]) - 4
+        names[_HEADER_LEN] = (qname, pos - _HEADER_LEN, 0, pos)
+        qtype, qclass = _QUESTION_FIXED.unpack_from(buf, pos)
+        pos += 4
+    elif qdcount == 1:
         qname, pos = _read_name(buf, pos, names)
         if pos + 4 > n:
             raise WireError("question is truncated")
@@ -405,11 +451,7 @@ def parse(data: _BytesLike) -> Message:
                 ttl = 0
             if rdtype == TYPE_SRV and rdlen > 6:
                 # Read the target now: glue owners point at it, and decode_srv reuses it.
-                # (try/except, not contextlib.suppress: this runs per record.)
-                try:  # noqa: SIM105
-                    _read_name(buf, rdata + 6, names)
-                except WireError:
-                    pass  # decode_srv reports it, if anyone asks for this record
+                _read_srv_target(buf, rdata + 6, pos, names)
             out.append(
                 new_record(Record, (name, rdtype, rdclass, ttl, rdata - 6, rdata, rdlen, section))
             )
