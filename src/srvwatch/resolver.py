@@ -60,9 +60,14 @@ class Answer:
     """Where the CNAME chain ended; equal to ``name`` when there was none."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Lookup:
-    """What the record cache keeps: the raw response and where its records are."""
+    """What the record cache keeps: the raw response and where its records are.
+
+    Never mutated once built (a stale copy is made with ``replace``); not
+    frozen only because a frozen ``__init__`` costs a microsecond per cold
+    lookup.
+    """
 
     name: str
     rdtype: int

@@ -330,12 +330,12 @@ class Transport:
     async def _attempt(
         self, server: Nameserver, query: _Query, budget: float
     ) -> tuple[bytes, wire.Message]:
-        deadline = anyio.current_time() + budget
+        started = time.monotonic()
         try:
-            data, msg = await self._udp(server, query, deadline)
+            data, msg = await self._udp(server, query, started + budget)
             if msg.tc:
                 self._counters.truncated += 1
-                data, msg = await self._tcp(server, query, deadline)
+                data, msg = await self._tcp(server, query, started + budget)
         except TimeoutError:
             self._counters.timeouts += 1
             raise _AttemptTimeout(f"{server} timed out after {budget:.3g}s") from None
@@ -356,7 +356,7 @@ class Transport:
         a nearby server (a node-local cache, a sidecar) has answered by then,
         and the answer is taken without registering for readiness or arming
         a timer. Only when nothing matching has arrived does it wait, under
-        a cancel scope with the attempt's deadline.
+        a cancel scope with the attempt's deadline (a ``time.monotonic()`` value).
         """
         key = (server, query.qname, query.qtype)
         orphan = self._orphans.pop(key, None) if self._orphans else None
@@ -383,7 +383,7 @@ class Transport:
             await anyio.lowlevel.checkpoint()
             found = self._receive_ready(sock, expected_id, query)
             if found is None:
-                with anyio.CancelScope(deadline=deadline):
+                with anyio.CancelScope(deadline=_event_loop_time(deadline)):
                     while found is None:
                         await anyio.wait_readable(sock)
                         found = self._receive_ready(sock, expected_id, query)
@@ -395,8 +395,8 @@ class Transport:
             # Keep the query for whoever takes over the lookup (see Resolver._coalesce);
             # a timeout discards it again in _attempt.
             if not self._closed and key not in self._orphans:
-                deadline = time.monotonic() + self._policy.timeout
-                self._orphans[key] = _Orphan(entry, expected_id, deadline)
+                kept_until = time.monotonic() + self._policy.timeout
+                self._orphans[key] = _Orphan(entry, expected_id, kept_until)
                 parked = True
             raise
         finally:
@@ -419,7 +419,7 @@ class Transport:
     async def _tcp(
         self, server: Nameserver, query: _Query, deadline: float
     ) -> tuple[bytes, wire.Message]:
-        with anyio.CancelScope(deadline=deadline):
+        with anyio.CancelScope(deadline=_event_loop_time(deadline)):
             return await self._tcp_exchange(server, query)
         raise TimeoutError  # only the deadline ends the scope without a return
 
@@ -526,6 +526,15 @@ def _next_server(
         if candidate not in refused:
             return candidate
     return servers[(start + 1) % len(servers)]
+
+
+def _event_loop_time(monotonic_deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the event loop's clock (trio's has an offset).
+
+    Attempts keep their deadline in ``time.monotonic()`` terms, which is cheap
+    to read, and convert only when they have to wait.
+    """
+    return anyio.current_time() + (monotonic_deadline - time.monotonic())
 
 
 def _unreachable() -> NoReturn:
