@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import srvwatch
@@ -198,3 +199,33 @@ async def test_search_list_is_applied(knot_server: KnotServer) -> None:
         # "multi" has fewer than 2 dots: search domains first; other.test has no such name.
         assert set(await r.resolve_addresses("multi")) == {*zones.MULTI_A, *zones.MULTI_AAAA}
         assert await r.resolve_addresses("web") == (zones.EXT_ADDRESS,)
+
+
+async def test_cold_lookups_yield_to_other_tasks(knot_server: KnotServer) -> None:
+    """A nearby server answers before the lookup waits, yet every lookup still yields.
+
+    The transport reads the answer after one checkpoint instead of waiting
+    for readiness; that checkpoint is what keeps a loop of cold lookups from
+    starving the other tasks of the event loop.
+    """
+    lookups = 200
+    ticks = 0
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    policy = srvwatch.Policy(min_ttl=1e-6)  # TTL 0 answers: every lookup goes upstream
+    async with srvwatch.Resolver([knot_server.address()], policy=policy) as r:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.lowlevel.checkpoint()
+            start = ticks
+            for _ in range(lookups):
+                await r.resolve_srv(zones.ZERO_SRV)
+            done.set()
+        assert r.stats()["queries"] == lookups
+        assert ticks - start >= lookups  # the other task ran at least once per lookup
