@@ -392,8 +392,8 @@ class Transport:
             reusable = True
             return found
         except anyio.get_cancelled_exc_class():
-            # Keep the query for whoever takes over the lookup (see Resolver._coalesce);
-            # a timeout discards it again in _attempt.
+            # The caller was cancelled (a timeout ends in the scope above and never gets
+            # here): keep the query for whoever takes over the lookup (see flight.py).
             if not self._closed and key not in self._orphans:
                 kept_until = time.monotonic() + self._policy.timeout
                 self._orphans[key] = _Orphan(entry, expected_id, kept_until)
