@@ -86,8 +86,8 @@ def canonical_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     For text that is canonical already (as the wire decoder produces): IPv4
     before IPv6, numeric within each, without building ipaddress objects.
     """
-    if type(addresses) is tuple and len(addresses) < 2:
-        return addresses  # one address (a target with one glue record) is already in order
+    if isinstance(addresses, (tuple, list)) and len(addresses) < 2:
+        return tuple(addresses)  # one address (one glue record) is already in order
     return tuple(sorted(dict.fromkeys(addresses), key=_packed_key))
 
 
@@ -186,34 +186,6 @@ def _build_groups(endpoints: tuple[Endpoint, ...]) -> tuple[_Group, ...]:
             i += 1
         groups.append(_Group(tuple(weighted), tuple(zeros), total))
     return tuple(groups)
-
-
-def _endpoint_set_maker() -> Callable[[str, tuple[Endpoint, ...], float, bool], EndpointSet]:
-    """Like :func:`_endpoint_maker`, for sets of canonical endpoints with service."""
-    new = object.__new__
-    setters = {
-        f.name: getattr(EndpointSet, f.name).__set__ for f in dataclasses.fields(EndpointSet)
-    }
-    set_name, set_endpoints, set_ttl, set_stale, set_no_service, set_groups = (
-        setters["name"],
-        setters["endpoints"],
-        setters["ttl"],
-        setters["stale"],
-        setters["no_service"],
-        setters["_groups"],
-    )
-
-    def make(name: str, endpoints: tuple[Endpoint, ...], ttl: float, stale: bool) -> EndpointSet:
-        result: EndpointSet = new(EndpointSet)
-        set_name(result, name)
-        set_endpoints(result, endpoints)
-        set_ttl(result, ttl)
-        set_stale(result, stale)
-        set_no_service(result, False)
-        set_groups(result, _build_groups(endpoints))
-        return result
-
-    return make
 
 
 def _below(rnd: Callable[[], float], n: int) -> int:
@@ -338,7 +310,15 @@ class EndpointSet:
             _new_endpoint(target, port, priority, weight, addresses)
             for priority, target, port, weight, addresses in sorted(set(records))
         )
-        return _new_endpoint_set(name, canonical, float(ttl), stale)
+        result = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(result, "name", name)
+        setattr_(result, "endpoints", canonical)
+        setattr_(result, "ttl", float(ttl))
+        setattr_(result, "stale", stale)
+        setattr_(result, "no_service", False)
+        setattr_(result, "_groups", _build_groups(canonical))
+        return result
 
     def __len__(self) -> int:
         return len(self.endpoints)
@@ -399,9 +379,6 @@ class EndpointSet:
     def key(self) -> frozenset[EndpointKey]:
         """The endpoints' identities, for diffing and for comparing across processes."""
         return frozenset(ep.key() for ep in self.endpoints)
-
-
-_new_endpoint_set = _endpoint_set_maker()
 
 
 @dataclass(frozen=True, slots=True)

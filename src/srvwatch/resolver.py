@@ -78,9 +78,7 @@ class _Lookup:
     canonical_name: str
     ttl: float
     stale: bool = False
-    names: dict[int, tuple[str, int, int, int]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    names: wire.NameCache = field(default_factory=dict, compare=False, repr=False)
     """The response's :attr:`wire.Message.names`, for decoding its SRV targets."""
 
 
@@ -364,8 +362,6 @@ class Resolver:
     async def _search(self, name: str, lookup: Callable[[str], Awaitable[T]]) -> T:
         """Try each candidate from the search list; NXDOMAIN/NODATA move on to the next."""
         candidates = self._candidates(name)
-        if len(candidates) == 1:
-            return await lookup(candidates[0])
         last: ResolveError | None = None
         for fqdn in candidates:
             try:
@@ -408,7 +404,7 @@ class Resolver:
                 if glue is not None and rr.rdtype in _ADDRESS_TYPES and within(rr.name, bailiwick):
                     glue.append(_address(data, rr))
                     ttl = min(ttl, clamp_ttl(rr.ttl))
-        found = {target: tuple(glue) for target, glue in addresses.items() if glue}
+        found = {target: canonical_addresses(glue) for target, glue in addresses.items() if glue}
         stale = lookup.stale
         if len(found) < len(addresses):
             missing = [target for target in addresses if target not in found]
@@ -416,7 +412,7 @@ class Resolver:
         return EndpointSet.from_wire(
             fqdn,
             [
-                (priority, target, port, weight, canonical_addresses(found.get(target, ())))
+                (priority, target, port, weight, found.get(target, ()))
                 for priority, weight, port, target in records
                 if target != "."
             ],
@@ -515,7 +511,10 @@ class Resolver:
         failures are raised, because the loop keeps its own last good answer.
         """
         if refresh:
-            return await self._coalesce(("refresh", fqdn, qtype), self._fetch, fqdn, qtype, False)
+            serve_stale = False  # the loop keeps its own last good answer
+            return await self._coalesce(
+                ("refresh", fqdn, qtype), self._fetch, fqdn, qtype, serve_stale
+            )
         key = (fqdn, qtype)
         entry = self._records.get(key)
         if entry is not None:

@@ -46,7 +46,7 @@ _RCODE_NAMES = {
     wire.RCODE_NOTIMP: "NOTIMP",
 }
 _MAX_UDP_RESPONSE = 65535
-_TEMPLATE_CACHE_SIZE = 10_000
+_QUERY_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +303,7 @@ class Transport:
         query = self._queries.get(key)
         if query is None:
             query = _Query(qname, qtype)
-            if len(self._queries) >= _TEMPLATE_CACHE_SIZE:
+            if len(self._queries) >= _QUERY_CACHE_SIZE:
                 self._queries.clear()
             self._queries[key] = query
         return query

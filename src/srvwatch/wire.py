@@ -51,6 +51,7 @@ __all__ = [
     "TYPE_SRV",
     "TYPE_TXT",
     "Message",
+    "NameCache",
     "Record",
     "Soa",
     "WireError",
@@ -171,7 +172,7 @@ class Message:
     authority: tuple[Record, ...]
     additional: tuple[Record, ...]
     edns_payload: int | None
-    names: _NameCache = field(default_factory=dict, compare=False, repr=False)
+    names: NameCache = field(default_factory=dict, compare=False, repr=False)
     """The names read while parsing, by offset; lets :func:`decode_srv` skip a second walk."""
 
     @property
@@ -230,10 +231,10 @@ def _labels_to_text(labels: list[bytes]) -> str:
 
 # A per-message cache of names already read, keyed by the offset they start at:
 # offset -> (text, octets on the wire, pointers followed, offset just after the name).
-_NameCache: TypeAlias = "dict[int, tuple[str, int, int, int]]"
+NameCache: TypeAlias = "dict[int, tuple[str, int, int, int]]"
 
 
-def _read_name(data: bytes, offset: int, cache: _NameCache | None = None) -> tuple[str, int]:
+def _read_name(data: bytes, offset: int, cache: NameCache | None = None) -> tuple[str, int]:
     """Walk one possibly compressed name starting at ``offset``.
 
     Each pointer must target an offset strictly before the segment it was found in
@@ -322,7 +323,7 @@ _TARGET_NAMES: dict[bytes, tuple[str, int]] = {}
 _TARGET_NAMES_MAX = 4096
 
 
-def _read_srv_target(buf: bytes, start: int, end: int, cache: _NameCache) -> None:
+def _read_srv_target(buf: bytes, start: int, end: int, cache: NameCache) -> None:
     """Put the SRV target at ``start`` (rdata ending at ``end``) into ``cache``, if valid.
 
     Identical bytes holding a whole name without pointers walk identically in
@@ -375,7 +376,7 @@ def parse(data: _BytesLike, asked: tuple[bytes, str] | None = None) -> Message:
         raise WireError(f"message is {n} bytes, shorter than the 12-byte header")
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf, 0)
     pos = _HEADER_LEN
-    names: _NameCache = {}
+    names: NameCache = {}
     if qdcount == 1 and asked is not None and buf.startswith(asked[0], _HEADER_LEN):
         qname = asked[1]
         pos += len(asked[0]) - 4
@@ -618,7 +619,7 @@ def _rdata_end(data: bytes, rr: Record) -> int:
 
 
 def decode_srv(
-    data: _BytesLike, rr: Record, names: _NameCache | None = None
+    data: _BytesLike, rr: Record, names: NameCache | None = None
 ) -> tuple[int, int, int, str]:
     """(priority, weight, port, target); a target of ``"."`` means "no service" (RFC 2782).
 
