@@ -39,9 +39,9 @@ class Hostile:
 async def hostile_server(respond: Respond, *, tcp: Respond | None = None) -> AsyncIterator[Hostile]:
     """Serve ``respond`` over UDP, and ``tcp`` (default: the same) over TCP on the same port."""
     tcp_respond = respond if tcp is None else tcp
-    async with await anyio.create_udp_socket(local_host="127.0.0.1") as udp:
+    udp, listener = await _bind()
+    async with udp:
         port = udp.extra(anyio.abc.SocketAttribute.local_port)
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
         server = Hostile(f"127.0.0.1:{port}")
 
         async def serve_udp() -> None:
@@ -68,6 +68,20 @@ async def hostile_server(respond: Respond, *, tcp: Respond | None = None) -> Asy
             tg.start_soon(listener.serve, serve_tcp)
             yield server
             tg.cancel_scope.cancel()
+
+
+async def _bind() -> tuple[anyio.abc.UDPSocket, anyio.abc.SocketListener]:
+    """A UDP socket and a TCP listener on the same free port (retried: TCP may be taken)."""
+    for _ in range(20):
+        udp = await anyio.create_udp_socket(local_host="127.0.0.1")
+        port = udp.extra(anyio.abc.SocketAttribute.local_port)
+        try:
+            listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+        except OSError:
+            await udp.aclose()
+            continue
+        return udp, listener.listeners[0]  # type: ignore[return-value]
+    raise OSError("no free port for both UDP and TCP")
 
 
 async def _receive_exactly(stream: anyio.abc.SocketStream, size: int) -> bytes:

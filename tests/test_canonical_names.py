@@ -1,4 +1,4 @@
-"""Names are canonical at the API edge: every spelling of one name shares one loop, entry, flight."""
+"""Names are canonical at the API edge: every spelling shares one loop, one entry, one flight."""
 
 from __future__ import annotations
 

@@ -112,7 +112,8 @@ async def test_a_watch_treats_a_malformed_answer_as_a_failure() -> None:
                     second = await updates.__anext__()
     assert second.stale
     assert [e.addresses for e in second.endpoints] == [("10.0.0.1",)]
-    assert second.error is not None and "malformed" in second.error
+    assert second.error is not None
+    assert "malformed" in second.error
 
 
 async def test_a_malformed_reply_never_replaces_a_good_answer() -> None:
@@ -132,13 +133,14 @@ async def test_a_malformed_reply_never_replaces_a_good_answer() -> None:
             await anyio.sleep(0.1)
             again = await r.resolve("h.svc.test.", "TXT")
             also = await r.resolve("h.svc.test.", "TXT")
-    assert again.stale and also.stale
+    assert again.stale
+    assert also.stale
     assert [rd.to_text() for rd in again.records] == ['"ok"']
     assert server.queries == 2
 
 
 async def test_remembered_failures_hold_no_tracebacks() -> None:
-    """A name that failed costs a few hundred bytes in the cache, not an exception with its frames."""
+    """A failed name costs a few hundred bytes in the cache, not an exception with its frames."""
     count = 400
 
     def refuse(query: bytes) -> bytes:

@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srvwatch.cache import Cache
+from srvwatch import wire
+from srvwatch.cache import RecordStore
 from srvwatch.errors import ServerFailure
 from srvwatch.policy import Policy
+from srvwatch.reply import Negative, Positive
 
 
 class FakeClock:
@@ -25,7 +27,7 @@ def test_defaults_are_the_documented_ones() -> None:
     p = Policy()
     assert (p.min_ttl, p.max_ttl, p.jitter) == (5.0, 300.0, 0.2)
     assert (p.negative_min_ttl, p.negative_max_ttl, p.servfail_ttl) == (5.0, 60.0, 5.0)
-    assert (p.stale_ttl, p.stale_answer_ttl, p.stale_answer_timeout) == (86_400.0, 30.0, 1.8)
+    assert p.stale_ttl == 86_400.0
     assert (p.timeout, p.lifetime, p.backoff_base, p.backoff_max) == (1.0, 5.0, 1.0, 30.0)
     assert p.cache_size == 10_000
 
@@ -73,68 +75,95 @@ def test_backoff_grows_is_jittered_and_capped() -> None:
     assert p.backoff_delay(0) >= 0.5  # never zero, whatever the caller passes
 
 
-def test_cache_never_stores_an_entry_that_expires_at_once() -> None:
+_MSG = wire.parse(wire.build_query("a.svc.test.", wire.TYPE_A, 0))
+
+
+def positive(value: str = "10.0.0.1") -> Positive:
+    return Positive(b"", _MSG, (), (value,), "a.svc.test.", 30, {}, "192.0.2.1:53")
+
+
+def negative() -> Negative:
+    return Negative(b"", _MSG, True, 5.0, "a.svc.test. A: no such name", "192.0.2.1:53")
+
+
+def test_store_never_keeps_an_entry_that_expires_at_once() -> None:
     clock = FakeClock()
-    cache: Cache[str, str] = Cache(Policy(), clock)
-    entry = cache.put("a", "value", 0)
+    store = RecordStore(Policy(), clock)
+    entry = store.put("a", positive(), 0)
     assert entry.ttl == 5.0
     clock.now += 4.9
-    assert cache.fresh("a") is entry
+    assert entry.fresh(clock.now)
     clock.now += 0.2
-    assert cache.fresh("a") is None
-    assert cache.get("a") is entry  # expired but servable stale
+    assert not entry.fresh(clock.now)
+    assert store.get("a") is entry  # expired but servable stale
     assert entry.servable_stale(clock.now)
 
 
 def test_negative_entries_are_clamped_and_never_stale() -> None:
     clock = FakeClock()
-    cache: Cache[str, str] = Cache(Policy(), clock)
-    entry = cache.put("nx", "gone", 0, negative=True)
+    store = RecordStore(Policy(), clock)
+    entry = store.put("nx", negative(), 0)
     assert entry.ttl == 5.0
     clock.now += 6
     assert not entry.servable_stale(clock.now)
-    assert cache.get("nx") is None  # nothing usable left: dropped
-    assert cache.put("nx", "gone", 10**6, negative=True).ttl == 60.0
+    assert store.get("nx") is None  # nothing usable left: dropped
+    assert store.put("nx", negative(), 10**6).ttl == 60.0
 
 
 def test_stale_window_ends() -> None:
     clock = FakeClock()
-    cache: Cache[str, str] = Cache(Policy(stale_ttl=100.0), clock)
-    cache.put("a", "v", 10)
+    store = RecordStore(Policy(stale_ttl=100.0), clock)
+    store.put("a", positive(), 10)
     clock.now += 109
-    assert cache.get("a") is not None
+    assert store.get("a") is not None
     clock.now += 2
-    assert cache.get("a") is None
+    assert store.get("a") is None
 
 
-def test_failure_marker_keeps_the_last_good_answer() -> None:
+def test_failure_marker_keeps_the_last_good_answer_and_no_exception() -> None:
     clock = FakeClock()
-    cache: Cache[str, str] = Cache(Policy(servfail_ttl=5.0), clock)
-    cache.put("a", "good", 10)
+    store = RecordStore(Policy(servfail_ttl=5.0), clock)
+    good = positive("good")
+    store.put("a", good, 10)
     clock.now += 11
-    entry = cache.put_failure("a", ServerFailure("boom"))
-    assert entry.value == "good"
+    try:
+        raise ServerFailure("boom from 192.0.2.1:53", name="a.svc.test.", rdtype="A")
+    except ServerFailure as exc:
+        entry = store.put_failure("a", exc)
+    assert entry.answer is good
     assert entry.failing(clock.now)
     assert entry.servable_stale(clock.now)
+    failure = entry.failure
+    assert failure is not None
+    assert not any(isinstance(v, BaseException) for v in vars_of(failure))  # no traceback kept
+    again = failure.error()
+    assert type(again) is ServerFailure
+    assert str(again) == "boom from 192.0.2.1:53"
+    assert again.__traceback__ is None
+    assert again.name == "a.svc.test."
     clock.now += 5.1
     assert not entry.failing(clock.now)
-    fresh_failure = cache.put_failure("b", ServerFailure("boom"))
-    assert fresh_failure.value is None
+    fresh_failure = store.put_failure("b", ServerFailure("boom"))
+    assert fresh_failure.answer is None
     assert not fresh_failure.servable_stale(clock.now)
+
+
+def vars_of(obj: object) -> list[object]:
+    return [getattr(obj, name) for name in obj.__slots__]  # type: ignore[attr-defined]
 
 
 def test_lru_bound() -> None:
     clock = FakeClock()
-    cache: Cache[int, int] = Cache(Policy(cache_size=100), clock)
+    store = RecordStore(Policy(cache_size=100), clock)
     for i in range(250):
-        cache.put(i, i, 30)
+        store.put(i, positive(), 30)
         if i == 10:
-            assert cache.fresh(0) is not None  # touch 0: most recently used
-    assert len(cache) == 100
-    assert cache.evictions == 150
-    assert 0 not in cache  # touched early, but 240 newer entries since
-    assert 249 in cache
-    assert 149 not in cache
+            assert store.get(0) is not None  # touch 0: most recently used
+    assert len(store) == 100
+    assert store.evictions == 150
+    assert 0 not in store  # touched early, but 240 newer entries since
+    assert 249 in store
+    assert 149 not in store
 
 
 def test_first_refresh_is_spread_over_the_whole_ttl() -> None:

@@ -218,7 +218,7 @@ async def test_cold_lookups_yield_to_other_tasks(knot_server: KnotServer) -> Non
             ticks += 1
             await anyio.lowlevel.checkpoint()
 
-    policy = srvwatch.Policy(min_ttl=1e-6)  # TTL 0 answers: every lookup goes upstream
+    policy = srvwatch.Policy(min_ttl=1e-9)  # TTL 0 answers: every lookup goes upstream
     async with srvwatch.Resolver([knot_server.address()], policy=policy) as r:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)

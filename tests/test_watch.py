@@ -254,7 +254,7 @@ async def test_readiness_reports_pending_names() -> None:
         async with r.watch("_x._tcp.svc.test") as updates:
             await anyio.sleep(0.05)
             assert not r.ready
-            assert r.pending() == ["_x._tcp.svc.test"]
+            assert r.pending() == ["_x._tcp.svc.test."]  # canonical: every spelling is one name
             update = await next_update(updates)
             assert not update.stale
             assert r.ready
@@ -365,7 +365,7 @@ async def test_a_name_failing_from_the_start_is_not_ready() -> None:
             assert "SERVFAIL" in first.error
             assert len(first.endpoints) == 0
             assert not r.ready
-            assert r.pending() == ["_x._tcp.svc.test"]
+            assert r.pending() == ["_x._tcp.svc.test."]  # canonical: every spelling is one name
             server.clear_faults()
             recovered = await next_update(updates)
             assert not recovered.stale

@@ -1,8 +1,16 @@
-"""A bounded cache of answers with clamped TTLs, negative entries and stale windows.
+"""The record store: every answer as the reply's wire bytes, with clamped TTLs and stale windows.
+
+One entry per question (canonical name, type), positive or negative
+(NXDOMAIN/NODATA with their SOA), kept as the reply that carried it: the
+bytes and the offsets of their TTLs, so a DNS stub can answer from it by
+patching the ID and counting TTLs down, and the resolver derives its parsed
+views (records, endpoint sets) from the same entry. A failure is remembered
+as the little a caller needs (kind, message, server, until when), never as
+an exception with its traceback.
 
 Pure and clock-injected: it never sleeps and never reads the wall clock
 itself, so TTL rules (RFC 2308 negative caching, RFC 8767 serve-stale) are
-tested exhaustively without waiting.
+tested without waiting.
 """
 
 from __future__ import annotations
@@ -11,67 +19,92 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any
 
+from .errors import ResolveError
 from .policy import Policy
+from .reply import Negative, Positive
 
-__all__ = ["Cache", "CacheEntry", "Clock"]
+__all__ = ["Clock", "Entry", "Failure", "RecordStore"]
 
 Clock = Callable[[], float]
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 
-@dataclass(slots=True)
-class CacheEntry(Generic[V]):
-    """One cached answer and the times that govern it.
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A remembered SERVFAIL, timeout or malformed reply: what to raise, and until when."""
 
-    ``value`` is the last answer the upstream gave (positive or negative);
-    it is None only for an entry that has never seen an answer but
-    remembers a failure.
+    kind: type[ResolveError]
+    message: str
+    name: str
+    rdtype: str
+    until: float
+
+    def error(self) -> ResolveError:
+        """A fresh exception each time, so no traceback is ever kept or shared."""
+        return self.kind(self.message, name=self.name, rdtype=self.rdtype)
+
+
+class Entry:
+    """One question's answer (or its absence) and the times that govern it.
+
+    ``answer`` is the last reply the upstream gave, positive or negative; it
+    is None only for an entry that has never had an answer but remembers a
+    failure. ``view`` is free for a parsed form derived from ``answer``
+    (built once, dropped with the entry).
     """
 
-    value: V | None
-    negative: bool
-    ttl: float
-    stored_at: float
-    expires_at: float
-    stale_until: float
-    failed_until: float = float("-inf")
-    error: BaseException | None = None
+    __slots__ = ("answer", "expires_at", "failure", "stale_until", "stored_at", "ttl", "view")
+
+    def __init__(
+        self,
+        answer: Positive | Negative | None,
+        ttl: float,
+        stored_at: float,
+        expires_at: float,
+        stale_until: float,
+    ) -> None:
+        self.answer = answer
+        self.ttl = ttl
+        self.stored_at = stored_at
+        self.expires_at = expires_at
+        self.stale_until = stale_until
+        self.failure: Failure | None = None
+        self.view: Any = None
 
     def fresh(self, now: float) -> bool:
-        return self.value is not None and now < self.expires_at
+        return self.answer is not None and now < self.expires_at
 
     def servable_stale(self, now: float) -> bool:
         """Expired, but may still be served because the upstream is failing (RFC 8767)."""
-        return self.value is not None and not self.negative and now < self.stale_until
+        return isinstance(self.answer, Positive) and now < self.stale_until
 
     def failing(self, now: float) -> bool:
-        """A recent SERVFAIL/timeout is still remembered: don't ask again yet."""
-        return now < self.failed_until
+        """A recent failure is still remembered: don't ask again yet."""
+        return self.failure is not None and now < self.failure.until
 
     def remaining(self, now: float) -> float:
         return max(self.expires_at - now, 0.0)
 
+    def __repr__(self) -> str:
+        kind = type(self.answer).__name__ if self.answer is not None else "None"
+        return f"<Entry {kind} ttl={self.ttl:g} failure={self.failure is not None}>"
 
-class Cache(Generic[K, V]):
-    """LRU-bounded map from a key to its :class:`CacheEntry`.
 
-    A TTL of 0 can never produce an entry that expires at once: positive TTLs
-    are clamped to ``policy.min_ttl`` and negative ones to
-    ``policy.negative_min_ttl``.
+class RecordStore:
+    """LRU-bounded map from a question to its :class:`Entry`.
+
+    A TTL of 0 can never produce an entry that expires at once: positive
+    TTLs are clamped to ``policy.min_ttl`` and negative ones to
+    ``policy.negative_min_ttl``. Negative answers have no stale window:
+    only a positive answer is worth serving after it expires.
     """
 
     def __init__(self, policy: Policy, clock: Clock = time.monotonic) -> None:
-        self._policy = policy
-        self._clock = clock
-        self._data: OrderedDict[K, CacheEntry[V]] = OrderedDict()
+        self.policy = policy
+        self.clock = clock
+        self._data: OrderedDict[Hashable, Entry] = OrderedDict()
         self.evictions = 0
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
 
     def __len__(self) -> int:
         return len(self._data)
@@ -79,69 +112,65 @@ class Cache(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._data
 
-    def fresh(self, key: K) -> CacheEntry[V] | None:
-        """The entry if still within its TTL: the hot path, one dict lookup and one clock read."""
-        entry = self._data.get(key)
-        if entry is not None and self._clock() < entry.expires_at and entry.value is not None:
-            self._data.move_to_end(key)
-            return entry
-        return None
+    def __repr__(self) -> str:
+        return f"<RecordStore {len(self)}/{self.policy.cache_size} entries>"
 
-    def get(self, key: K) -> CacheEntry[V] | None:
-        """The entry whatever its state, as long as something in it is still usable."""
+    def peek(self, key: Hashable) -> Entry | None:
+        """The entry whatever its state, without touching the LRU order: the hot path."""
+        return self._data.get(key)
+
+    def get(self, key: Hashable) -> Entry | None:
+        """The entry, as long as something in it is still usable; marks it recently used."""
         entry = self._data.get(key)
         if entry is None:
             return None
-        now = self._clock()
-        if now >= entry.stale_until and now >= entry.expires_at and now >= entry.failed_until:
+        now = self.clock()
+        failed_until = entry.failure.until if entry.failure is not None else -1.0
+        if now >= entry.stale_until and now >= entry.expires_at and now >= failed_until:
             del self._data[key]
             return None
         self._data.move_to_end(key)
         return entry
 
-    def put(self, key: K, value: V, ttl: float, *, negative: bool = False) -> CacheEntry[V]:
-        """Store an answer; TTL clamped by the policy; replaces any failure marker."""
-        p = self._policy
-        if negative:
-            ttl = min(max(ttl, p.negative_min_ttl), p.negative_max_ttl)
-            stale_window = 0.0
+    def put(self, key: Hashable, answer: Positive | Negative, ttl: float) -> Entry:
+        """Store an answer with its TTL clamped by the policy; replaces any failure marker."""
+        policy = self.policy
+        if type(answer) is Positive:
+            ttl = policy.clamp_ttl(ttl)
+            stale_window = policy.stale_ttl
         else:
-            ttl = p.clamp_ttl(ttl)
-            stale_window = p.stale_ttl
-        now = self._clock()
+            ttl = policy.clamp_negative_ttl(ttl)
+            stale_window = 0.0
+        now = self.clock()
         expires_at = now + ttl
-        # value, negative, ttl, stored_at, expires_at, stale_until (positional: a hot path)
-        entry = CacheEntry(value, negative, ttl, now, expires_at, expires_at + stale_window)
+        entry = Entry(answer, ttl, now, expires_at, expires_at + stale_window)
         self._store(key, entry)
         return entry
 
-    def put_failure(self, key: K, error: BaseException) -> CacheEntry[V]:
+    def put_failure(
+        self, key: Hashable, error: ResolveError, *, duration: float | None = None
+    ) -> Entry:
         """Remember a failure for ``servfail_ttl``; keep the last good answer for serve-stale."""
-        now = self._clock()
+        now = self.clock()
         entry = self._data.get(key)
         if entry is None:
-            entry = CacheEntry(
-                value=None,
-                negative=False,
-                ttl=0.0,
-                stored_at=now,
-                expires_at=now,
-                stale_until=now,
-            )
+            entry = Entry(None, 0.0, now, now, now)
             self._store(key, entry)
-        entry.failed_until = now + self._policy.servfail_ttl
-        entry.error = error
+        until = now + (self.policy.servfail_ttl if duration is None else duration)
+        entry.failure = Failure(type(error), str(error), error.name, error.rdtype, until)
         return entry
 
-    def discard(self, key: K) -> None:
+    def discard(self, key: Hashable) -> None:
         self._data.pop(key, None)
 
     def clear(self) -> None:
         self._data.clear()
 
-    def _store(self, key: K, entry: CacheEntry[V]) -> None:
-        self._data[key] = entry
-        self._data.move_to_end(key)
-        while len(self._data) > self._policy.cache_size:
-            self._data.popitem(last=False)
-            self.evictions += 1
+    def _store(self, key: Hashable, entry: Entry) -> None:
+        data = self._data
+        data[key] = entry
+        data.move_to_end(key)
+        if len(data) > self.policy.cache_size:
+            while len(data) > self.policy.cache_size:
+                data.popitem(last=False)
+                self.evictions += 1

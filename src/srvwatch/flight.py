@@ -22,6 +22,8 @@ __all__ = ["Singleflight", "clone_error"]
 T = TypeVar("T")
 Spawn = Callable[..., None]
 """``spawn(func, *args)``: start ``func(*args)`` in a task its owner cancels on close."""
+CheckOpen = Callable[[], None]
+"""Raises ``RuntimeError`` when the owner cannot run lookups (closed, or never entered)."""
 
 
 class _Flight:
@@ -39,10 +41,10 @@ class _Flight:
 class Singleflight:
     """At most one ``work()`` in flight per key; the callers of a key share its outcome."""
 
-    def __init__(self, counters: Counters, spawn: Spawn, closed: Callable[[], bool]) -> None:
+    def __init__(self, counters: Counters, spawn: Spawn, check_open: CheckOpen) -> None:
         self._counters = counters
         self._spawn = spawn
-        self._closed = closed
+        self._check_open = check_open
         self._flights: dict[object, _Flight] = {}
 
     def __len__(self) -> int:
@@ -50,6 +52,7 @@ class Singleflight:
 
     async def run(self, key: object, work: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await work(*args)``, or the outcome of the one already in flight for ``key``."""
+        self._check_open()
         flight = self._flights.get(key)
         if flight is not None:
             self._counters.coalesced += 1
@@ -70,7 +73,7 @@ class Singleflight:
         try:
             result = await work(*args)
         except anyio.get_cancelled_exc_class():
-            if flight.waiters and not self._closed():
+            if flight.waiters and self._is_open():
                 self._counters.handoffs += 1
                 self._spawn(self._finish_for_others, key, flight, work, args)
             else:
@@ -81,6 +84,13 @@ class Singleflight:
             raise
         self._finish(key, flight, result, None)
         return result
+
+    def _is_open(self) -> bool:
+        try:
+            self._check_open()
+        except RuntimeError:
+            return False
+        return True
 
     async def _finish_for_others(
         self,

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    wait_exponential,
-    wait_random_exponential,
-)
-from tenacity.wait import wait_base
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 __all__ = ["Policy"]
 
@@ -47,12 +41,6 @@ class Policy:
     """How long a SERVFAIL is remembered (RFC 2308 section 7.1: at most 5 minutes)."""
     stale_ttl: float = 86_400.0
     """How long the last good answer may be served after failures (RFC 8767)."""
-    stale_answer_ttl: float = 30.0
-    """TTL given to stale answers handed to DNS clients; never 0."""
-    stale_answer_timeout: float = 1.8
-    """The stub answers stale when upstream has not answered within this (RFC 8767)."""
-    stale_refresh_interval: float = 30.0
-    """While serving stale, recheck upstream at most this often."""
     timeout: float = 1.0
     """Per-attempt timeout for one query to one nameserver."""
     lifetime: float = 5.0
@@ -63,9 +51,16 @@ class Policy:
     """Failure backoff cap."""
     cache_size: int = 10_000
     """LRU bound on cached answers."""
+    rng: random.Random | None = field(default=None, compare=False, repr=False)
+    """The source of every jitter and backoff draw; seed one for reproducible runs
+    (default: the process-wide generator, reseeded after ``fork()``)."""
 
     def __post_init__(self) -> None:
+        if self.rng is not None and not isinstance(self.rng, random.Random):
+            raise ValueError(f"Policy.rng must be a random.Random, got {self.rng!r}")
         for f in fields(self):
+            if f.name == "rng":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"Policy.{f.name} must be a number, got {value!r}")
@@ -86,7 +81,7 @@ class Policy:
                 f"Policy.negative_max_ttl ({self.negative_max_ttl!r}) must be >= "
                 f"negative_min_ttl ({self.negative_min_ttl!r})"
             )
-        for name in ("servfail_ttl", "stale_answer_ttl", "timeout", "lifetime", "backoff_base"):
+        for name in ("servfail_ttl", "timeout", "lifetime", "backoff_base"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Policy.{name} must be > 0, got {getattr(self, name)!r}")
         if self.backoff_max < self.backoff_base:
@@ -105,11 +100,18 @@ class Policy:
             return self.max_ttl
         return float(ttl)
 
+    def clamp_negative_ttl(self, ttl: float) -> float:
+        """A negative answer's TTL, forced into ``[negative_min_ttl, negative_max_ttl]``."""
+        return min(max(float(ttl), self.negative_min_ttl), self.negative_max_ttl)
+
     def negative_ttl(self, soa_ttl: float | None, soa_minimum: float | None) -> float:
         """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM), clamped; floor when no SOA came back."""
         candidates = [v for v in (soa_ttl, soa_minimum) if v is not None]
-        ttl = min(candidates) if candidates else self.negative_min_ttl
-        return min(max(float(ttl), self.negative_min_ttl), self.negative_max_ttl)
+        return self.clamp_negative_ttl(min(candidates) if candidates else self.negative_min_ttl)
+
+    def draw(self) -> float:
+        """One draw in [0, 1) from ``rng``: every jitter in srvwatch comes from here."""
+        return (self.rng or random).random()
 
     def refresh_delay(
         self, ttl: float, rng: random.Random | None = None, *, first: bool = False
@@ -124,7 +126,7 @@ class Policy:
         """
         if self.jitter == 0:
             return ttl
-        u = (rng or random).random()
+        u = rng.random() if rng is not None else self.draw()
         if first:
             return ttl * (1.0 - u)
         return ttl * (1.0 - self.jitter * u)
@@ -132,18 +134,24 @@ class Policy:
     def backoff_delay(self, failures: int) -> float:
         """Delay after ``failures`` consecutive failures (1-based): jittered exponential, capped.
 
-        "Equal jitter", built from tenacity's wait strategies: half the
-        exponential step fixed, half random, so a failing fleet spreads out
-        while each client still waits at least ``backoff_base / 2``. A loop
-        driven by it never spins, whatever the server does.
+        "Equal jitter": half the exponential step (tenacity's) fixed, half
+        drawn from ``rng``, so a failing fleet spreads out while each client
+        still waits at least ``backoff_base / 2``. A loop driven by it never
+        spins, whatever the server does.
         """
         state = RetryCallState(_RETRYING, None, (), {})
         state.attempt_number = max(int(failures), 1)
-        return float(self._backoff_wait(state))
-
-    @property
-    def _backoff_wait(self) -> wait_base:
-        half_base, half_cap = self.backoff_base / 2, self.backoff_max / 2
-        return wait_exponential(multiplier=half_base, max=half_cap) + wait_random_exponential(
-            multiplier=half_base, max=half_cap
+        half = float(
+            wait_exponential(multiplier=self.backoff_base / 2, max=self.backoff_max / 2)(state)
         )
+        return half + half * self.draw()
+
+    def retry_delay(self, rounds: int) -> float:
+        """Pause between rounds over every nameserver within one lookup (1-based).
+
+        Failover to the next nameserver is immediate; only a whole round that
+        failed waits, a tenth of the attempt timeout doubling per round up to
+        the timeout, with jitter, so a lookup never spins against dead servers.
+        """
+        step = min(self.timeout * 0.1 * 2.0 ** (max(rounds, 1) - 1), self.timeout)
+        return step * (0.5 + 0.5 * self.draw())

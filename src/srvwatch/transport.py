@@ -1,6 +1,10 @@
 """Exchange one DNS query with a list of nameservers, over UDP and TCP, through anyio.
 
-This is the only module that touches sockets. It owns every socket it opens
+Everything above this module talks to a :class:`Transport`: a small interface
+(ask a question, forward a client's query as it came, close) that tests
+replace with :class:`srvwatch.scripted.ScriptedTransport`, as httpcore's tests
+drive a mock backend. :class:`SocketTransport` is the real one and the only
+code in srvwatch's core that touches sockets. It owns every socket it opens
 and counts them (``sockets_opened`` / ``sockets_closed``). Spoofing defences
 follow RFC 5452: a fresh random ID per attempt, source ports rotated by
 retiring each UDP socket after a bounded number of queries, and a response
@@ -12,17 +16,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import anyio
 import anyio.lowlevel
+import dns.rcode
 from anyio.streams.buffered import BufferedByteReceiveStream
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
@@ -31,20 +35,16 @@ from .errors import ResolveTimeout, ServerFailure
 from .metrics import Counters
 from .names import type_text
 from .policy import Policy
+from .reply import Reply
 
-__all__ = ["Nameserver", "Transport", "parse_nameserver"]
+__all__ = ["Clock", "Nameserver", "Reply", "SocketTransport", "Transport", "parse_nameserver"]
 
 log = logging.getLogger(__name__)
 
-_FAILURE_RCODES = frozenset(
-    {wire.RCODE_SERVFAIL, wire.RCODE_REFUSED, wire.RCODE_FORMERR, wire.RCODE_NOTIMP}
-)
-_RCODE_NAMES = {
-    wire.RCODE_SERVFAIL: "SERVFAIL",
-    wire.RCODE_REFUSED: "REFUSED",
-    wire.RCODE_FORMERR: "FORMERR",
-    wire.RCODE_NOTIMP: "NOTIMP",
-}
+Clock = Callable[[], float]
+
+_ANSWER_RCODES = frozenset({wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN})
+"""The only rcodes that answer a question; any other moves on to the next nameserver."""
 _MAX_UDP_RESPONSE = 65535
 _QUERY_CACHE_SIZE = 10_000
 
@@ -104,6 +104,34 @@ def parse_nameserver(text: str) -> Nameserver:
     return Nameserver(address.compressed, port)
 
 
+class Transport(Protocol):
+    """What the resolver and the stub need from the network: one question, or a forwarded query.
+
+    Implementations map every network failure to :class:`ResolveTimeout` or
+    :class:`ServerFailure` (naming the servers), return only replies that
+    answer the question asked (right ID, right question), and count what they
+    do in ``counters``, which everything built over the transport shares.
+    """
+
+    nameservers: tuple[Nameserver, ...]
+    counters: Counters
+
+    async def query(self, qname: str, qtype: int) -> Reply:
+        """Ask ``qname``/``qtype`` (canonical absolute name) with RD and EDNS(0) set."""
+        ...
+
+    async def forward(self, query: bytes) -> Reply:
+        """Send a client's query as it came (its flags, EDNS options), under an ID of ours.
+
+        The reply comes back with our ID; the caller puts the client's back.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close every socket; safe to call twice."""
+        ...
+
+
 class _AttemptFailed(Exception):
     """One attempt at one nameserver failed in a way worth retrying elsewhere."""
 
@@ -113,9 +141,8 @@ class _AttemptTimeout(_AttemptFailed):
 
 
 class _AttemptRcode(_AttemptFailed):
-    def __init__(self, rcode: int, server: Nameserver) -> None:
-        super().__init__(f"{server} answered {_RCODE_NAMES.get(rcode, rcode)}")
-        self.rcode = rcode
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
 
 
 class _UdpSocket:
@@ -139,32 +166,40 @@ class _Orphan:
 
 
 class _Query:
-    """One (name, type) question: the query with ID 0, and its question section as sent."""
+    """One query as sent, with ID 0, and the question its reply must echo."""
 
-    __slots__ = ("asked", "qname", "qtype", "template")
+    __slots__ = ("asked", "qclass", "qname", "qtype", "template")
 
-    def __init__(self, qname: str, qtype: int) -> None:
-        self.qname = qname
-        self.qtype = qtype
-        self.template = wire.build_query(qname, qtype, 0)
+    def __init__(self, template: bytes) -> None:
+        self.template = b"\x00\x00" + template[2:]
+        msg = wire.parse(self.template)
+        if msg.qr or msg.opcode != 0 or not msg.qname:
+            raise ValueError("a query needs QR clear, opcode QUERY and one question")
+        self.qname = msg.qname
+        self.qtype = msg.qtype
+        self.qclass = msg.qclass
         self.asked = wire.question_of(self.template)
 
 
-class Transport:
+class SocketTransport:
     """Sends queries to nameservers with failover, retries, timeouts and TCP fallback.
 
     UDP sockets are connected (the kernel drops datagrams from other
     addresses, and an ICMP port-unreachable fails the attempt at once) and
     pooled per nameserver; each is retired after ``max_socket_uses``
-    queries so the source port keeps changing.
+    queries so the source port keeps changing. ``max_in_flight`` bounds the
+    queries (and so the sockets) in flight at once; more wait their turn.
+    Deadlines are kept on ``clock`` and converted to the event loop's clock
+    only when an attempt has to wait.
     """
 
     def __init__(
         self,
         nameservers: Sequence[Nameserver],
         policy: Policy,
-        counters: Counters,
+        counters: Counters | None = None,
         *,
+        clock: Clock = time.monotonic,
         max_socket_uses: int = 64,
         max_idle_sockets: int = 16,
         max_in_flight: int = 256,
@@ -175,22 +210,48 @@ class Transport:
             raise ValueError(f"max_socket_uses must be >= 1, got {max_socket_uses!r}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
-        self.nameservers = tuple(nameservers)
+        # Duplicate resolv.conf lines are common; each server is walked once, by position.
+        self.nameservers = tuple(dict.fromkeys(nameservers))
+        self.counters = counters if counters is not None else Counters()
         self._policy = policy
-        self._counters = counters
+        self._clock = clock
         self._max_uses = max_socket_uses
         self._max_idle = max_idle_sockets
         self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
         self._queries: dict[tuple[str, int], _Query] = {}
-        self._orphans: dict[tuple[Nameserver, str, int], _Orphan] = {}
+        self._orphans: dict[tuple[Nameserver, bytes], _Orphan] = {}
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._slot_waiters: deque[anyio.Event] = deque()
         self._closed = False
 
+    def __repr__(self) -> str:
+        servers = ", ".join(map(str, self.nameservers))
+        idle = sum(len(pool) for pool in self._idle.values())
+        state = "closed" if self._closed else f"{self._in_flight} in flight, {idle} idle sockets"
+        return f"<SocketTransport [{servers}] {state}>"
+
     # -- public -------------------------------------------------------------------
 
-    async def exchange(self, qname: str, qtype: int) -> tuple[bytes, wire.Message]:
+    async def query(self, qname: str, qtype: int) -> Reply:
+        """One lookup of a (canonical name, type), with the query bytes built once per pair."""
+        key = (qname, qtype)
+        query = self._queries.get(key)
+        if query is None:
+            query = _Query(wire.build_query(qname, qtype, 0))
+            if len(self._queries) >= _QUERY_CACHE_SIZE:
+                self._queries.clear()
+            self._queries[key] = query
+        return await self._bounded(query)
+
+    async def forward(self, query: bytes) -> Reply:
+        try:
+            prepared = _Query(query)
+        except wire.WireError as exc:
+            raise ValueError(f"cannot forward a malformed query: {exc}") from None
+        return await self._bounded(prepared)
+
+    async def _bounded(self, query: _Query) -> Reply:
         """One lookup, once a slot among ``max_in_flight`` is free (see :meth:`_exchange`).
 
         The bound keeps thousands of watches starting at once from opening
@@ -201,7 +262,7 @@ class Transport:
             raise RuntimeError("transport is closed")
         await self._take_slot()
         try:
-            return await self._exchange(qname, qtype)
+            return await self._exchange(query)
         finally:
             self._give_slot()
 
@@ -226,36 +287,34 @@ class Transport:
         else:
             self._in_flight -= 1
 
-    async def _exchange(self, qname: str, qtype: int) -> tuple[bytes, wire.Message]:
-        """One lookup: returns the first valid answer that is not a server failure.
+    async def _exchange(self, query: _Query) -> Reply:
+        """One lookup: returns the first valid reply that answers the question.
 
-        NOERROR and NXDOMAIN are answers. SERVFAIL, REFUSED, FORMERR and NOTIMP
-        move on to the next nameserver; when every nameserver has said so,
-        :class:`ServerFailure`. Timeouts and network errors are retried with
-        jittered backoff until ``policy.lifetime``, then :class:`ResolveTimeout`.
+        NOERROR and NXDOMAIN are answers. Any other rcode moves on to the next
+        nameserver; when every nameserver has said so, :class:`ServerFailure`.
+        Timeouts and network errors are retried with jittered backoff until
+        ``policy.lifetime``, then :class:`ResolveTimeout`.
         """
-        query = self._query(qname, qtype)
         servers = self.nameservers
         policy = self._policy
-        loop_start = time.monotonic()
-        refused: set[Nameserver] = set()
+        clock = self._clock
+        loop_start = clock()
+        refused: set[int] = set()
 
         def backoff(attempts_made: int) -> float:
             # Failover to the next server at once; back off only between rounds.
             if attempts_made % len(servers):
                 return 0.0
-            rounds = attempts_made // len(servers)
-            step = min(policy.timeout * 0.1 * 2.0 ** (rounds - 1), policy.timeout)
-            return step * (0.5 + 0.5 * random.random())
+            return policy.retry_delay(attempts_made // len(servers))
 
         # The common case, one attempt that works, stays off the retry machinery.
         first_budget = min(policy.timeout, policy.lifetime)
         try:
             return await self._attempt(servers[0], query, first_budget)
         except _AttemptRcode as exc:
-            refused.add(servers[0])
+            refused.add(0)
             if len(servers) == 1:
-                raise self._server_failure(qname, qtype, exc) from None
+                raise self._server_failure(query, exc) from None
         except _AttemptFailed:
             await anyio.sleep(backoff(1))
 
@@ -265,7 +324,7 @@ class Transport:
         def stop(state: RetryCallState) -> bool:
             if len(refused) == len(servers):
                 return True
-            return time.monotonic() - loop_start >= policy.lifetime
+            return clock() - loop_start >= policy.lifetime
 
         retrying = AsyncRetrying(
             sleep=anyio.sleep,
@@ -274,46 +333,35 @@ class Transport:
             retry=retry_if_exception_type(_AttemptFailed),
             reraise=True,
         )
-        server = servers[0]
+        position = 0
         try:
             async for attempt in retrying:
                 with attempt:
-                    server = _next_server(servers, server, refused)
-                    remaining = policy.lifetime - (time.monotonic() - loop_start)
+                    position = _next_position(len(servers), position, refused)
+                    remaining = policy.lifetime - (clock() - loop_start)
                     budget = max(min(policy.timeout, remaining), 0.001)
                     try:
-                        return await self._attempt(server, query, budget)
+                        return await self._attempt(servers[position], query, budget)
                     except _AttemptRcode:
-                        refused.add(server)
+                        refused.add(position)
                         raise
         except _AttemptRcode as exc:
-            raise self._server_failure(qname, qtype, exc) from None
+            raise self._server_failure(query, exc) from None
         except _AttemptFailed as exc:
             raise ResolveTimeout(
-                f"{qname} {type_text(qtype)}: no answer within {policy.lifetime:g}s "
+                f"{query.qname} {type_text(query.qtype)}: no answer within {policy.lifetime:g}s "
                 f"from {', '.join(map(str, servers))} ({exc})",
-                name=qname,
-                rdtype=type_text(qtype),
+                name=query.qname,
+                rdtype=type_text(query.qtype),
             ) from None
         _unreachable()
 
-    def _query(self, qname: str, qtype: int) -> _Query:
-        """The query for (name, type); cached, since watch loops ask the same often."""
-        key = (qname, qtype)
-        query = self._queries.get(key)
-        if query is None:
-            query = _Query(qname, qtype)
-            if len(self._queries) >= _QUERY_CACHE_SIZE:
-                self._queries.clear()
-            self._queries[key] = query
-        return query
-
     @staticmethod
-    def _server_failure(qname: str, qtype: int, cause: object) -> ServerFailure:
+    def _server_failure(query: _Query, cause: object) -> ServerFailure:
         return ServerFailure(
-            f"{qname} {type_text(qtype)}: every nameserver failed: {cause}",
-            name=qname,
-            rdtype=type_text(qtype),
+            f"{query.qname} {type_text(query.qtype)}: every nameserver failed: {cause}",
+            name=query.qname,
+            rdtype=type_text(query.qtype),
         )
 
     async def aclose(self) -> None:
@@ -327,25 +375,27 @@ class Transport:
 
     # -- one attempt --------------------------------------------------------------
 
-    async def _attempt(
-        self, server: Nameserver, query: _Query, budget: float
-    ) -> tuple[bytes, wire.Message]:
-        started = time.monotonic()
+    async def _attempt(self, server: Nameserver, query: _Query, budget: float) -> Reply:
+        deadline = self._clock() + budget
+        counters = self.counters
         try:
-            data, msg = await self._udp(server, query, started + budget)
+            data, msg = await self._udp(server, query, deadline)
             if msg.tc:
-                self._counters.truncated += 1
-                data, msg = await self._tcp(server, query, started + budget)
+                counters.truncated += 1
+                data, msg = await self._tcp(server, query, deadline)
+                if msg.tc:
+                    counters.server_errors += 1
+                    raise _AttemptRcode(f"{server} sent a truncated reply over TCP")
         except TimeoutError:
-            self._counters.timeouts += 1
+            counters.timeouts += 1
             raise _AttemptTimeout(f"{server} timed out after {budget:.3g}s") from None
         except OSError as exc:
-            self._counters.network_errors += 1
+            counters.network_errors += 1
             raise _AttemptFailed(f"{server}: {exc.strerror or exc}") from None
-        if msg.rcode in _FAILURE_RCODES:
-            self._counters.server_errors += 1
-            raise _AttemptRcode(msg.rcode, server)
-        return data, msg
+        if msg.rcode not in _ANSWER_RCODES:
+            counters.server_errors += 1
+            raise _AttemptRcode(f"{server} answered {_rcode_text(msg.rcode)}")
+        return Reply(data, msg, str(server))
 
     async def _udp(
         self, server: Nameserver, query: _Query, deadline: float
@@ -356,14 +406,15 @@ class Transport:
         a nearby server (a node-local cache, a sidecar) has answered by then,
         and the answer is taken without registering for readiness or arming
         a timer. Only when nothing matching has arrived does it wait, under
-        a cancel scope with the attempt's deadline (a ``time.monotonic()`` value).
+        a cancel scope with the attempt's deadline (a ``clock`` value).
         """
-        key = (server, query.qname, query.qtype)
+        key = (server, query.template)
+        clock = self._clock
         orphan = self._orphans.pop(key, None) if self._orphans else None
-        if orphan is not None and orphan.deadline > time.monotonic():
+        if orphan is not None and orphan.deadline > clock():
             # A cancelled caller's query is still on the wire: wait for its answer.
             entry, expected_id = orphan.entry, orphan.expected_id
-            self._counters.adopted_queries += 1
+            self.counters.adopted_queries += 1
         else:
             if orphan is not None:
                 self._close_udp(orphan.entry)
@@ -374,7 +425,7 @@ class Transport:
             except BaseException:
                 self._release(entry, False)
                 raise
-            self._counters.count_query(query.qname)
+            self.counters.count_query(query.qname)
             expected_id = int.from_bytes(query_id, "big")
         sock = entry.sock
         reusable = parked = False
@@ -383,7 +434,7 @@ class Transport:
             await anyio.lowlevel.checkpoint()
             found = self._receive_ready(sock, expected_id, query)
             if found is None:
-                with anyio.CancelScope(deadline=_event_loop_time(deadline)):
+                with anyio.CancelScope(deadline=self._event_loop_time(deadline)):
                     while found is None:
                         await anyio.wait_readable(sock)
                         found = self._receive_ready(sock, expected_id, query)
@@ -395,7 +446,7 @@ class Transport:
             # The caller was cancelled (a timeout ends in the scope above and never gets
             # here): keep the query for whoever takes over the lookup (see flight.py).
             if not self._closed and key not in self._orphans:
-                kept_until = time.monotonic() + self._policy.timeout
+                kept_until = clock() + self._policy.timeout
                 self._orphans[key] = _Orphan(entry, expected_id, kept_until)
                 parked = True
             raise
@@ -419,7 +470,7 @@ class Transport:
     async def _tcp(
         self, server: Nameserver, query: _Query, deadline: float
     ) -> tuple[bytes, wire.Message]:
-        with anyio.CancelScope(deadline=_event_loop_time(deadline)):
+        with anyio.CancelScope(deadline=self._event_loop_time(deadline)):
             return await self._tcp_exchange(server, query)
         raise TimeoutError  # only the deadline ends the scope without a return
 
@@ -428,11 +479,12 @@ class Transport:
         packet = query_id + query.template[2:]
         expected_id = int.from_bytes(query_id, "big")
         stream = await anyio.connect_tcp(server.host, server.port)
-        self._counters.sockets_opened += 1
+        counters = self.counters
+        counters.sockets_opened += 1
         try:
             await stream.send(struct.pack("!H", len(packet)) + packet)
-            self._counters.count_query(query.qname)
-            self._counters.tcp_queries += 1
+            counters.count_query(query.qname)
+            counters.tcp_queries += 1
             reader = BufferedByteReceiveStream(stream)
             while True:
                 (length,) = struct.unpack("!H", await reader.receive_exactly(2))
@@ -445,25 +497,26 @@ class Transport:
         finally:
             # Counted first: aclose() closes the socket even when it is cancelled, but
             # then raises before a line after it would run.
-            self._counters.sockets_closed += 1
+            counters.sockets_closed += 1
             await stream.aclose()
 
     def _match(self, data: bytes, expected_id: int, query: _Query) -> wire.Message | None:
-        """The parsed response if it answers our question, else None (RFC 5452: ignore it)."""
+        """The parsed response if it answers our question, else None (RFC 5452: ignore it).
+
+        The ID and the QR bit are checked before anything is parsed, so a
+        spoofed datagram costs a comparison, not a walk of its records.
+        """
+        if len(data) < 12 or int.from_bytes(data[:2], "big") != expected_id or not data[2] & 0x80:
+            self.counters.ignored_responses += 1
+            return None
         try:
             msg = wire.parse(data, query.asked)
         except wire.WireError as exc:
-            self._counters.ignored_responses += 1
+            self.counters.ignored_responses += 1
             log.debug("ignoring malformed response: %s", exc)
             return None
-        if (
-            msg.id != expected_id
-            or not msg.qr
-            or msg.qname != query.qname
-            or msg.qtype != query.qtype
-            or msg.qclass != wire.CLASS_IN
-        ):
-            self._counters.ignored_responses += 1
+        if msg.qname != query.qname or msg.qtype != query.qtype or msg.qclass != query.qclass:
+            self.counters.ignored_responses += 1
             log.debug("ignoring response id=%d q=%s/%d", msg.id, msg.qname, msg.qtype)
             return None
         return msg
@@ -478,13 +531,13 @@ class Transport:
             entry = pool.pop()
         else:
             sock = socket.socket(server.family, socket.SOCK_DGRAM)
-            self._counters.sockets_opened += 1
+            self.counters.sockets_opened += 1
             try:
                 sock.setblocking(False)
                 sock.connect((server.host, server.port))
             except BaseException:
                 sock.close()
-                self._counters.sockets_closed += 1
+                self.counters.sockets_closed += 1
                 raise
             entry = _UdpSocket(server, sock)
         entry.uses += 1
@@ -503,7 +556,7 @@ class Transport:
             self._close_udp(entry)
 
     def _sweep_orphans(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for key, orphan in list(self._orphans.items()):
             if orphan.deadline <= now:
                 del self._orphans[key]
@@ -513,28 +566,27 @@ class Transport:
         # Only idle sockets or sockets whose attempt has finished get here, so
         # no task is waiting on this descriptor when it closes.
         entry.sock.close()
-        self._counters.sockets_closed += 1
+        self.counters.sockets_closed += 1
+
+    def _event_loop_time(self, deadline: float) -> float:
+        """A ``clock`` deadline on the event loop's clock (trio's has an offset)."""
+        return anyio.current_time() + (deadline - self._clock())
 
 
-def _next_server(
-    servers: tuple[Nameserver, ...], last: Nameserver, refused: set[Nameserver]
-) -> Nameserver:
-    """The server after ``last`` in the configured order, skipping ones that refused."""
-    start = servers.index(last)
-    for step in range(1, len(servers) + 1):
-        candidate = servers[(start + step) % len(servers)]
+def _next_position(count: int, last: int, refused: set[int]) -> int:
+    """The server after position ``last``, skipping ones that refused (by position, not value)."""
+    for step in range(1, count + 1):
+        candidate = (last + step) % count
         if candidate not in refused:
             return candidate
-    return servers[(start + 1) % len(servers)]
+    return (last + 1) % count
 
 
-def _event_loop_time(monotonic_deadline: float) -> float:
-    """A ``time.monotonic()`` deadline on the event loop's clock (trio's has an offset).
-
-    Attempts keep their deadline in ``time.monotonic()`` terms, which is cheap
-    to read, and convert only when they have to wait.
-    """
-    return anyio.current_time() + (monotonic_deadline - time.monotonic())
+def _rcode_text(rcode: int) -> str:
+    try:
+        return dns.rcode.to_text(dns.rcode.Rcode(rcode))
+    except ValueError:
+        return f"rcode {rcode}"
 
 
 def _unreachable() -> NoReturn:

@@ -1,9 +1,10 @@
 """Continuous watching: one shared, jittered refresh loop per name, latest-value subscriber streams.
 
 However many subscribers watch a name, one loop refreshes it: the query rate
-depends on the TTL and the policy, never on the number of watchers. The loop
-refreshes at ``ttl * U(1 - jitter, 1)`` after each answer and backs off with
-jitter after failures, so it never spins whatever the server returns.
+depends on the TTL and the policy, never on the number of watchers. What to
+publish and when to look again is decided by :class:`WatchState`, pure and
+clock-injected, so stale windows and backoff are tested on a fake clock; the
+loop only runs refreshes, feeds their outcome to the state and sleeps.
 Subscribers only ever see the newest state: a slow one is never queued
 behind, and never slows the loop or the others.
 """
@@ -12,61 +13,139 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import anyio
 
+from .cache import Clock
 from .endpoints import EndpointSet, Update, changed, diff
 from .errors import NoData, NXDomain, ResolveError
 from .metrics import Counters
 from .policy import Policy
 
-if TYPE_CHECKING:
-    from .cache import Clock
-
-__all__ = ["Updates", "WatchLoop"]
+__all__ = ["Step", "Updates", "WatchLoop", "WatchState", "Watches"]
 
 log = logging.getLogger(__name__)
 
 Refresh = Callable[[], Awaitable[EndpointSet]]
+Spawn = Callable[..., None]
 
 
-class WatchLoop:
-    """The one refresh loop of a watched (name, type), shared by its subscribers.
+class Step(NamedTuple):
+    """What one refresh outcome means: do subscribers hear of it, and when to ask again."""
 
-    Started by the first subscriber and cancelled when the last one leaves;
-    every state change it publishes gets a new ``version``.
+    changed: bool
+    delay: float
+
+
+def _empty(name: str, ttl: float = 0.0) -> EndpointSet:
+    """An empty set for a canonical name, without re-validating it (any name the wire gives)."""
+    return EndpointSet.from_wire(name, (), ttl=ttl)
+
+
+class WatchState:
+    """The published state of one watched name, and the rules that move it. No I/O, no clock.
+
+    Only an authoritative negative answer empties the set. A failure keeps
+    the last endpoints: silently while their TTL lasts, then flagged stale,
+    and past the stale window (RFC 8767) they are dropped. Every change a
+    subscriber would care about gets a new ``version``.
     """
 
-    def __init__(
-        self,
-        name: str,
-        refresh: Refresh,
-        policy: Policy,
-        counters: Counters,
-        clock: Clock,
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, name: str, policy: Policy) -> None:
         self.name = name
-        self._refresh = refresh
-        self._policy = policy
-        self._counters = counters
-        self._clock = clock
-        self._rng = rng
-        self.subscribers: set[Updates] = set()
-        self.scope = anyio.CancelScope()
+        self.policy = policy
         self.version = 0
         self.current: EndpointSet | None = None
         self.stale = False
         self.error: str | None = None
         self.answered = False
         """Has had an answer from upstream (positive or negative), so it has endpoints to
-        serve, fresh or, after later failures, stale: what readiness waits for. A name
-        whose lookups have failed from the start is not ready."""
-        self.finished = False
+        serve, fresh or, after later failures, stale: what readiness waits for."""
         self.failures = 0
+        self.good_until = -math.inf
+
+    def on_answer(self, endpoints: EndpointSet, now: float) -> Step:
+        first = not self.answered
+        self.failures = 0
+        self.answered = True
+        self.good_until = now + endpoints.ttl
+        changed = self._publish(endpoints, stale=False, error=None)
+        return Step(changed, self.policy.refresh_delay(endpoints.ttl, first=first))
+
+    def on_negative(self, ttl: float | None, now: float, name: str = "") -> Step:
+        """NXDOMAIN or NODATA: authoritative emptiness, the only thing that empties a set.
+
+        ``name`` is the absolute name that answered (after the search list).
+        """
+        ttl = ttl if ttl is not None else self.policy.negative_min_ttl
+        self.failures = 0
+        self.answered = True
+        self.good_until = now + ttl
+        changed = self._publish(_empty(name or self.name, ttl), stale=False, error=None)
+        return Step(changed, self.policy.refresh_delay(ttl))
+
+    def on_failure(self, error: str, now: float) -> Step:
+        """A failed refresh: back off, keep the endpoints, say stale once they have expired."""
+        policy = self.policy
+        self.failures += 1
+        delay = policy.backoff_delay(self.failures)
+        current = self.current
+        if current is None or now >= self.good_until + policy.stale_ttl:
+            # Nothing yet, or past the stale window: the old endpoints are dropped.
+            return Step(self._publish(_empty(self.name), stale=True, error=error), delay)
+        if now >= self.good_until:
+            return Step(self._publish(current, stale=True, error=error), delay)
+        # Still within the TTL: nothing to tell, but look again at expiry.
+        return Step(False, max(min(delay, self.good_until - now), policy.backoff_base / 2))
+
+    def _publish(self, endpoints: EndpointSet, stale: bool, error: str | None) -> bool:
+        endpoints = endpoints.with_stale(stale)
+        if self.current is not None and not changed(self.current, endpoints):
+            self.current = endpoints  # keep the newest TTL without telling anyone
+            return False
+        self.version += 1
+        self.current = endpoints
+        self.stale = stale
+        self.error = error
+        return True
+
+
+class WatchLoop:
+    """The one refresh loop of a watched (name, type), shared by its subscribers.
+
+    Started by the first subscriber and cancelled when the last one leaves.
+    An unexpected error (a bug, not a DNS failure) backs off like a failure:
+    it never ends the loop, another watch or the resolver.
+    """
+
+    def __init__(
+        self, name: str, refresh: Refresh, policy: Policy, counters: Counters, clock: Clock
+    ) -> None:
+        self.state = WatchState(name, policy)
+        self._refresh = refresh
+        self._counters = counters
+        self._clock = clock
+        self.subscribers: set[Updates] = set()
+        self.scope = anyio.CancelScope()
+        self.finished = False
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def answered(self) -> bool:
+        return self.state.answered
+
+    def __repr__(self) -> str:
+        state = self.state
+        return (
+            f"<WatchLoop {state.name} v{state.version} subscribers={len(self.subscribers)}"
+            f"{' stale' if state.stale else ''}{' finished' if self.finished else ''}>"
+        )
 
     def stop(self) -> None:
         self.scope.cancel()
@@ -75,69 +154,44 @@ class WatchLoop:
         self._counters.loops_started += 1
         try:
             with self.scope:
-                await self._loop()
+                while True:  # noqa: ASYNC110 - a timer between refreshes, not a poll
+                    await anyio.sleep(await self._next())
         finally:
             self.finished = True
             self._counters.loops_stopped += 1
             for subscriber in list(self.subscribers):
                 subscriber.wake()
 
-    async def _loop(self) -> None:
-        policy = self._policy
-        good_until = -math.inf
-        while True:
-            try:
-                endpoints = await self._refresh()
-            except (NXDomain, NoData) as exc:
-                # Authoritative emptiness: the only thing that empties a set.
-                self.failures = 0
-                ttl = exc.ttl if exc.ttl is not None else policy.negative_min_ttl
-                self._publish(EndpointSet.build(self.name, (), ttl=ttl), stale=False, error=None)
-                good_until = self._clock() + ttl
-                delay = policy.refresh_delay(ttl, self._rng)
-                self.answered = True
-            except Exception as exc:
-                # A failed refresh, or a bug: either way the loop backs off and keeps
-                # the last endpoints rather than dying (and taking the others with it).
-                self.failures += 1
-                now = self._clock()
-                error = str(exc) or type(exc).__name__
-                if isinstance(exc, ResolveError):
-                    log.info("watch %s: refresh failed (%d): %s", self.name, self.failures, error)
-                else:
-                    log.exception("watch %s: unexpected error in refresh", self.name)
-                delay = policy.backoff_delay(self.failures)
-                current = self.current
-                if current is None:
-                    self._publish(EndpointSet.build(self.name, (), stale=True), True, error)
-                elif now >= good_until + policy.stale_ttl:
-                    # Past the stale window (RFC 8767): the old endpoints are dropped.
-                    self._publish(EndpointSet.build(self.name, (), stale=True), True, error)
-                elif now >= good_until:
-                    self._publish(current, stale=True, error=error)
-                else:
-                    # Still within the TTL: nothing to tell, but look again at expiry.
-                    delay = max(min(delay, good_until - now), policy.backoff_base / 2)
-            else:
-                self.failures = 0
-                self._publish(endpoints, stale=False, error=None)
-                good_until = self._clock() + endpoints.ttl
-                delay = policy.refresh_delay(endpoints.ttl, self._rng, first=not self.answered)
-                self.answered = True
-            await anyio.sleep(delay)
+    def _step_outcome(self, outcome: EndpointSet | BaseException) -> Step:
+        state, now = self.state, self._clock()
+        if isinstance(outcome, EndpointSet):
+            return state.on_answer(outcome, now)
+        if isinstance(outcome, (NXDomain, NoData)):
+            return state.on_negative(outcome.ttl, now, outcome.name)
+        error = str(outcome) or type(outcome).__name__
+        if isinstance(outcome, ResolveError):
+            log.info("watch %s: refresh failed (%d): %s", state.name, state.failures + 1, error)
+        else:
+            log.error("watch %s: unexpected error in refresh", state.name, exc_info=outcome)
+        return state.on_failure(error, now)
 
-    def _publish(self, endpoints: EndpointSet, stale: bool, error: str | None) -> None:
-        endpoints = endpoints.with_stale(stale)
-        if self.current is not None and not changed(self.current, endpoints):
-            self.current = endpoints  # keep the newest TTL without telling anyone
-            return
-        self.version += 1
-        self.current = endpoints
-        self.stale = stale
-        self.error = error
-        self._counters.updates_emitted += 1
-        for subscriber in self.subscribers:
-            subscriber.wake()
+    async def _next(self) -> float:
+        """One refresh, its outcome published; returns how long to sleep before the next."""
+        try:
+            outcome: EndpointSet | BaseException = await self._refresh()
+        except Exception as exc:
+            outcome = exc
+        try:
+            step = self._step_outcome(outcome)
+        except Exception:
+            log.exception("watch %s: cannot publish an update", self.state.name)
+            self.state.failures += 1
+            return self.state.policy.backoff_delay(self.state.failures)
+        if step.changed:
+            self._counters.updates_emitted += 1
+            for subscriber in self.subscribers:
+                subscriber.wake()
+        return step.delay
 
 
 class Updates:
@@ -164,18 +218,18 @@ class Updates:
 
     def latest(self) -> Update | None:
         """The newest state without waiting (None before the first answer)."""
-        loop = self._loop
-        if loop.current is None:
+        state = self._loop.state
+        if state.current is None:
             return None
-        added, removed = diff(self._seen, loop.current)
+        added, removed = diff(self._seen, state.current)
         return Update(
-            name=loop.name,
-            endpoints=loop.current,
+            name=state.name,
+            endpoints=state.current,
             added=added,
             removed=removed,
-            stale=loop.stale,
-            error=loop.error,
-            version=loop.version,
+            stale=state.stale,
+            error=state.error,
+            version=state.version,
         )
 
     def __aiter__(self) -> Updates:
@@ -185,14 +239,63 @@ class Updates:
         while True:
             if self.closed:
                 raise StopAsyncIteration
-            loop = self._loop
-            if loop.version > self._seen_version and loop.current is not None:
+            state = self._loop.state
+            if state.version > self._seen_version and state.current is not None:
                 update = self.latest()
                 assert update is not None
-                self._seen = loop.current
-                self._seen_version = loop.version
+                self._seen = state.current
+                self._seen_version = state.version
                 return update
-            if loop.finished:
+            if self._loop.finished:
                 raise StopAsyncIteration
             await self._event.wait()
             self._event = anyio.Event()
+
+
+class Watches:
+    """The watch loops: one per key, started by the first subscriber, stopped by the last."""
+
+    def __init__(self, policy: Policy, counters: Counters, clock: Clock, spawn: Spawn) -> None:
+        self._policy = policy
+        self._counters = counters
+        self._clock = clock
+        self._spawn = spawn
+        self._loops: dict[Hashable, WatchLoop] = {}
+
+    def __len__(self) -> int:
+        return len(self._loops)
+
+    @property
+    def ready(self) -> bool:
+        return all(loop.answered for loop in self._loops.values())
+
+    def pending(self) -> list[str]:
+        return sorted({loop.name for loop in self._loops.values() if not loop.answered})
+
+    @asynccontextmanager
+    async def subscribe(self, key: Hashable, name: str, refresh: Refresh) -> AsyncIterator[Updates]:
+        loop = self._loops.get(key)
+        if loop is None:
+            loop = WatchLoop(name, refresh, self._policy, self._counters, self._clock)
+            self._loops[key] = loop
+            self._spawn(self._run_loop, key, loop)
+        updates = Updates(loop)
+        loop.subscribers.add(updates)
+        self._counters.watches_started += 1
+        try:
+            yield updates
+        finally:
+            updates.closed = True
+            loop.subscribers.discard(updates)
+            self._counters.watches_stopped += 1
+            if not loop.subscribers:
+                loop.stop()
+                if self._loops.get(key) is loop:
+                    del self._loops[key]
+
+    async def _run_loop(self, key: Hashable, loop: WatchLoop) -> None:
+        try:
+            await loop.run()
+        finally:
+            if self._loops.get(key) is loop:
+                del self._loops[key]

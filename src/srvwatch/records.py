@@ -1,0 +1,129 @@
+"""Records of one (canonical name, type): from the store when fresh, else one shared upstream query.
+
+A hit is one dict lookup and one clock read. A miss starts at most one
+upstream query per question however many callers ask at once (see
+:mod:`srvwatch.flight`), follows CNAME chains that leave a reply, and stores
+what came back: the records, an NXDOMAIN/NODATA with its RFC 2308 TTL, or
+the failure. When the upstream fails, the last good answer is served,
+flagged stale (RFC 8767); only an authoritative negative answer empties it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from . import reply as replies
+from .cache import Clock, Entry, RecordStore
+from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
+from .flight import Singleflight
+from .metrics import Counters
+from .names import type_text
+from .policy import Policy
+from .reply import Negative, Positive
+from .transport import Transport
+
+__all__ = ["Found", "Records"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Found = tuple[Entry, bool]
+"""A positive entry of the store, and whether it is served stale."""
+
+
+class Records:
+    """The record store, filled through flights and the transport."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        transport: Transport,
+        flights: Singleflight,
+        policy: Policy,
+        counters: Counters,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self._transport = transport
+        self._flights = flights
+        self._policy = policy
+        self._counters = counters
+        self._clock = clock
+
+    async def coalesce(self, key: object, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """One shared ``work(*args)`` per key (see :class:`~srvwatch.flight.Singleflight`)."""
+        return await self._flights.run(key, work, *args)
+
+    async def lookup(self, fqdn: str, qtype: int, *, refresh: bool = False) -> Found:
+        """The positive entry for ``fqdn``/``qtype``; negative answers and failures raise.
+
+        ``refresh`` (for watch loops) skips the cache and never serves stale:
+        failures are raised, because the loop keeps its own last good answer.
+        """
+        if refresh:
+            shared = ("refresh", fqdn, qtype)
+            return await self._flights.run(shared, self._fetch, fqdn, qtype, False)
+        key = (fqdn, qtype)
+        entry = self.store.peek(key)
+        if entry is not None:
+            now = self._clock()
+            answer = entry.answer
+            if answer is not None and now < entry.expires_at:
+                if type(answer) is Negative:
+                    self._counters.negative_hits += 1
+                    raise _negative_error(answer, fqdn, qtype, entry.ttl)
+                self._counters.hits += 1
+                return entry, False
+            failure = entry.failure
+            if failure is not None and now < failure.until:
+                if entry.servable_stale(now):
+                    self._counters.stale += 1
+                    return entry, True
+                raise failure.error()
+        self._counters.misses += 1
+        return await self._flights.run(key, self._fetch, fqdn, qtype, True)
+
+    async def _fetch(self, fqdn: str, qtype: int, serve_stale: bool) -> Found:
+        key = (fqdn, qtype)
+        try:
+            answer = await self._ask(fqdn, qtype)
+        except (ResolveTimeout, ServerFailure) as exc:
+            entry = self.store.put_failure(key, exc)
+            if serve_stale and entry.servable_stale(self._clock()):
+                self._counters.stale += 1
+                log.info("serving stale %s: %s", fqdn, exc)
+                return entry, True
+            raise
+        entry = self.store.put(key, answer, answer.ttl)
+        if type(answer) is Negative:
+            raise _negative_error(answer, fqdn, qtype, entry.ttl)
+        return entry, False
+
+    async def _ask(self, fqdn: str, qtype: int) -> Positive | Negative:
+        """Ask upstream, following a CNAME chain across replies when one leaves its reply."""
+        name = fqdn
+        seen = {fqdn}
+        hops = 0
+        chain_ttl = math.inf
+        while True:
+            outcome = replies.interpret(
+                await self._transport.query(name, qtype),
+                fqdn,
+                qtype,
+                self._policy,
+                seen=seen,
+                hops=hops,
+                chain_ttl=chain_ttl,
+            )
+            if type(outcome) is not replies.Follow:
+                return outcome  # type: ignore[return-value]
+            name, chain_ttl, hops = outcome.target, outcome.ttl, outcome.hops
+
+
+def _negative_error(answer: Negative, fqdn: str, qtype: int, ttl: float) -> ResolveError:
+    cls = NXDomain if answer.nxdomain else NoData
+    return cls(answer.message, name=fqdn, rdtype=type_text(qtype), ttl=ttl)

@@ -1,0 +1,152 @@
+"""SRV assembly: an SRV answer plus its targets' addresses, as one :class:`EndpointSet`.
+
+Addresses come from in-bailiwick glue first (RFC 5452 section 6); targets
+without glue are resolved concurrently (A and AAAA at once). A target with
+no addresses gets none and a short TTL; a failing one does too, except in a
+watch refresh, which raises so the watch keeps its last good endpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from . import wire
+from .endpoints import EndpointSet, canonical_addresses
+from .errors import NoData, NXDomain, ResolveError
+from .policy import Policy
+from .records import Records
+from .reply import Positive
+
+__all__ = ["Assembler", "gather"]
+
+log = logging.getLogger(__name__)
+
+AddressSet = tuple[tuple[str, ...], float, bool]
+"""(addresses, ttl, stale) of one name."""
+
+
+async def gather(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run ``calls`` concurrently; each result, or the ``Exception`` it raised, in order.
+
+    Errors are returned, never raised as an ``ExceptionGroup``: the caller
+    decides which one a user sees. Cancellation still propagates.
+    """
+    results: list[Any] = [None] * len(calls)
+
+    async def run(i: int) -> None:
+        try:
+            results[i] = await calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    if len(calls) == 1:
+        await run(0)
+        return results
+    async with anyio.create_task_group() as tg:
+        for i in range(1, len(calls)):
+            tg.start_soon(run, i)
+        await run(0)
+    return results
+
+
+class Assembler:
+    """Builds endpoint and address sets from :class:`Records` lookups."""
+
+    def __init__(self, records: Records, policy: Policy) -> None:
+        self._records = records
+        self._policy = policy
+
+    async def srv_set(self, fqdn: str, *, refresh: bool = False) -> EndpointSet:
+        return await self._records.coalesce(("srv", fqdn, refresh), self._build, fqdn, refresh)
+
+    async def _build(self, fqdn: str, refresh: bool) -> EndpointSet:
+        entry, stale = await self._records.lookup(fqdn, wire.TYPE_SRV, refresh=refresh)
+        answer = entry.answer
+        assert type(answer) is Positive
+        values = answer.values
+        if len(values) == 1 and values[0][3] == ".":
+            return EndpointSet.build(fqdn, (), ttl=entry.ttl, stale=stale, no_service=True)
+        ttl = entry.ttl
+        found: dict[str, tuple[str, ...]] = {}
+        clamp_ttl = self._policy.clamp_ttl
+        for target, (addresses, glue_ttl) in answer.glue.items():
+            found[target] = canonical_addresses(addresses)
+            ttl = min(ttl, clamp_ttl(glue_ttl))
+        missing = list(dict.fromkeys(v[3] for v in values if v[3] != "." and v[3] not in found))
+        if missing:
+            ttl, stale = await self._expand(fqdn, missing, found, ttl, stale, refresh)
+        return EndpointSet.from_wire(
+            fqdn,
+            [
+                (priority, target, port, weight, found.get(target, ()))
+                for priority, weight, port, target in values
+                if target != "."
+            ],
+            ttl=ttl,
+            stale=stale,
+        )
+
+    async def _expand(
+        self,
+        fqdn: str,
+        targets: list[str],
+        found: dict[str, tuple[str, ...]],
+        ttl: float,
+        stale: bool,
+        refresh: bool,
+    ) -> tuple[float, bool]:
+        """Resolve targets that came without glue into ``found``; the set's TTL and stale flag."""
+        results = await gather(
+            [functools.partial(self.address_set, target, refresh=refresh) for target in targets]
+        )
+        negative_ttl = self._policy.negative_min_ttl
+        for target, result in zip(targets, results, strict=True):
+            if isinstance(result, (NXDomain, NoData)):
+                log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, result)
+                result = ((), result.ttl or negative_ttl, False)
+            elif isinstance(result, ResolveError):
+                if refresh:
+                    raise result
+                log.debug("SRV %s: target %s has no addresses: %s", fqdn, target, result)
+                result = ((), negative_ttl, False)
+            elif isinstance(result, BaseException):
+                raise result
+            found[target] = result[0]
+            ttl = min(ttl, result[1])
+            stale = stale or result[2]
+        return ttl, stale
+
+    async def address_set(self, fqdn: str, *, refresh: bool = False) -> AddressSet:
+        """(addresses, ttl, stale) for one absolute name: A and AAAA asked at once."""
+        lookup = self._records.lookup
+        results = await gather(
+            [
+                lambda: lookup(fqdn, wire.TYPE_A, refresh=refresh),
+                lambda: lookup(fqdn, wire.TYPE_AAAA, refresh=refresh),
+            ]
+        )
+        found: list[str] = []
+        ttl = math.inf
+        stale = False
+        errors: list[BaseException] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                errors.append(result)
+                continue
+            entry, entry_stale = result
+            answer = entry.answer
+            assert type(answer) is Positive
+            found.extend(answer.values)
+            ttl = min(ttl, entry.ttl)
+            stale = stale or entry_stale
+        if not found:
+            hard = [e for e in errors if not isinstance(e, (NXDomain, NoData))]
+            nx = [e for e in errors if isinstance(e, NXDomain)]
+            raise (hard or nx or errors)[0]
+        return canonical_addresses(found), ttl, stale
