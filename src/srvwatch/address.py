@@ -47,16 +47,16 @@ def _parse_port(port_text: str, what: str, entry: str, *, minimum: int = 1) -> i
     return port
 
 
-def _split_brackets(text: str, what: str) -> tuple[str, str | None]:
+def _split_brackets(text: str, what: str, entry: str) -> tuple[str, str | None]:
     """``[v6]`` or ``[v6]:port`` into the address and the port text (None: no port given)."""
     end = text.find("]")
     if end < 0:
-        raise ValueError(f"{what} {text!r}: missing ']' after IPv6 address")
+        raise ValueError(f"{what} {entry!r}: missing ']' after IPv6 address")
     host, rest = text[1:end], text[end + 1 :]
     if not rest:
         return host, None
     if not rest.startswith(":"):
-        raise ValueError(f"{what} {text!r}: expected ':port' after ']'")
+        raise ValueError(f"{what} {entry!r}: expected ':port' after ']'")
     return host, rest[1:]
 
 
@@ -97,7 +97,7 @@ def parse_nameserver(text: str, what: str = "nameserver") -> Nameserver:
     raw = text.strip()
     port_text: str | None = None
     if raw.startswith("["):
-        host, port_text = _split_brackets(raw, what)
+        host, port_text = _split_brackets(raw, what, text)
         return Nameserver(
             _ipv6_in_brackets(host, what, text),
             53 if port_text is None else _parse_port(port_text, what, text),
@@ -133,8 +133,11 @@ def parse_nameservers(value: object, what: str = "nameservers") -> tuple[Nameser
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """Where a server listens. ``host`` is an IP literal, ``"localhost"``, or ``""`` for
-    all interfaces (``:PORT``, as Go servers read it)."""
+    """Where a server listens: one parsed ``--listen`` or ``listen =`` entry.
+
+    ``host`` is an IP literal, ``"localhost"``, or ``""`` for every interface
+    (``:PORT``, as Go servers read it).
+    """
 
     host: str
     port: int
@@ -161,7 +164,7 @@ def parse_listen(text: str, what: str = "listen", *, ephemeral: bool = False) ->
         raise ValueError(f"{what} {text!r}: not an address ({_LISTEN_FORMS})")
     minimum = 0 if ephemeral else 1
     if text.startswith("["):
-        host, port_text = _split_brackets(text, what)
+        host, port_text = _split_brackets(text, what, text)
         if port_text is None:
             raise ValueError(f"{what} {text!r}: missing port ({_LISTEN_FORMS})")
         return ListenAddress(
@@ -171,17 +174,16 @@ def parse_listen(text: str, what: str = "listen", *, ephemeral: bool = False) ->
     host, colon, port_text = text.rpartition(":")
     if not colon:
         raise ValueError(f"{what} {text!r}: missing port ({_LISTEN_FORMS})")
-    if ":" in host:
-        raise ValueError(f"{what} {text!r}: an IPv6 address needs brackets ({_LISTEN_FORMS})")
-    port = _parse_port(port_text, what, text, minimum=minimum)
     if not host:
-        return ListenAddress("", port)
+        return ListenAddress("", _parse_port(port_text, what, text, minimum=minimum))
     if host.lower() == "localhost":
-        return ListenAddress("localhost", port)
+        return ListenAddress("localhost", _parse_port(port_text, what, text, minimum=minimum))
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(
             f"{what} {text!r}: {host!r} is not an IP address or localhost ({_LISTEN_FORMS})"
         ) from None
-    return ListenAddress(address.compressed, port)
+    if address.version == 6:
+        raise ValueError(f"{what} {text!r}: an IPv6 address needs brackets ({_LISTEN_FORMS})")
+    return ListenAddress(address.compressed, _parse_port(port_text, what, text, minimum=minimum))
