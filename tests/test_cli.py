@@ -42,7 +42,7 @@ def test_resolve_command(knot_server: KnotServer, capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["resolve", "x.test", "-n", "1.2.3"], "nameserver '1.2.3'"),
+        (["resolve", "x.test", "-n", "1.2.3"], "nameservers[0] '1.2.3'"),
         (["resolve", "a..b", "-n", "127.0.0.1"], "not a valid DNS name"),
         (["resolve", "x.test", "BOGUS", "-n", "127.0.0.1"], "unknown record type"),
         (["demo", "--step", "0"], "--step"),

@@ -543,3 +543,52 @@ def test_set_from_wire_equals_the_validating_build(
     )
     assert fast == slow
     assert fast.ordered(random.Random(7)) == slow.ordered(random.Random(7))
+
+
+# -- issue 8: DNS-SD instance names (escaped dots, spaces, backslashes) ---------------
+
+
+@pytest.mark.parametrize(
+    ("given_name", "canonical"),
+    [
+        ("printer v2\\.._ipp._tcp.svc.test.", "printer\\032v2\\.._ipp._tcp.svc.test."),
+        ("Printer V2\\.._IPP._tcp.svc.test", "printer\\032v2\\.._ipp._tcp.svc.test."),
+        ("a\\.b.svc.test.", "a\\.b.svc.test."),
+        ("\\.a.svc.test.", "\\.a.svc.test."),
+        ("a\\\\b.svc.test.", "a\\\\b.svc.test."),
+        ("a\\.", "a\\.."),  # a relative name whose one label ends in a dot
+        ("a\\065b.test", "aab.test."),
+        (".", "."),
+    ],
+)
+def test_escaped_names_are_accepted_in_the_wire_decoder_s_form(
+    given_name: str, canonical: str
+) -> None:
+    from srvwatch import wire
+
+    assert wire.read_name(wire.encode_name(canonical), 0)[0] == canonical
+    s = EndpointSet.build(given_name, [], ttl=1.0)
+    assert s.name == canonical
+    assert s.with_stale(True).name == canonical
+    assert Endpoint(given_name, 1).target == canonical
+
+
+@pytest.mark.parametrize("bad", ["a..b.test.", ".a.test.", "..", "a.test..", "", " a.test", "a\\"])
+def test_names_with_empty_labels_or_bad_escapes_are_still_rejected(bad: str) -> None:
+    with pytest.raises(ValueError, match="EndpointSet name") as info:
+        EndpointSet.build(bad, [], ttl=1.0)
+    assert repr(bad) in str(info.value)
+    with pytest.raises(ValueError, match="Endpoint target"):
+        Endpoint(bad, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=5))
+def test_any_wire_name_makes_a_set_with_that_name(labels: list[bytes]) -> None:
+    from srvwatch import wire
+
+    canonical = wire.read_name(b"".join(bytes((len(b),)) + b for b in labels) + b"\0", 0)[0]
+    assert EndpointSet.build(canonical, [], ttl=1.0).name == canonical
+    assert EndpointSet.from_wire(canonical, [], ttl=1.0) == EndpointSet.build(
+        canonical, [], ttl=1.0
+    )

@@ -173,3 +173,49 @@ def test_first_refresh_is_spread_over_the_whole_ttl() -> None:
     assert all(0.0 < d <= 10.0 for d in delays)
     assert sum(d < 5.0 for d in delays) > 4_500  # uniform, not in the last fifth only
     assert Policy(jitter=0).refresh_delay(10.0, first=True) == 10.0
+
+
+# -- issue 8: every field refuses what is not a usable number, naming the field ------
+
+POLICY_FIELDS = [
+    "min_ttl",
+    "max_ttl",
+    "jitter",
+    "negative_min_ttl",
+    "negative_max_ttl",
+    "servfail_ttl",
+    "stale_ttl",
+    "timeout",
+    "lifetime",
+    "backoff_base",
+    "backoff_max",
+    "cache_size",
+]
+
+
+def test_the_field_list_is_complete() -> None:
+    import dataclasses
+
+    assert [f.name for f in dataclasses.fields(Policy)] == [*POLICY_FIELDS, "rng"]
+
+
+@pytest.mark.parametrize("field", POLICY_FIELDS)
+@pytest.mark.parametrize(
+    "value",
+    [True, False, "5", None, float("nan"), float("inf"), -float("inf"), -1, 10**400, -(10**400)],
+    ids=["True", "False", "str", "None", "nan", "inf", "-inf", "-1", "10**400", "-10**400"],
+)
+def test_bad_policy_values_are_value_errors_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"^Policy\.{field}\b"):
+        Policy(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["min_ttl", "max_ttl", "negative_min_ttl", "negative_max_ttl"])
+def test_ttls_that_reach_the_wire_fit_in_a_ttl(field: str) -> None:
+    top = 2**31 - 1
+    caps = {"min_ttl": "max_ttl", "negative_min_ttl": "negative_max_ttl"}
+    raised = {field: top, **({caps[field]: top} if field in caps else {})}
+    assert getattr(Policy(**raised), field) == top  # type: ignore[arg-type]
+    raised = {field: top + 1, **({caps[field]: top + 1} if field in caps else {})}
+    with pytest.raises(ValueError, match=rf"^Policy\.{field} must be at most {top}"):
+        Policy(**raised)  # type: ignore[arg-type]

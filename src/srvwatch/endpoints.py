@@ -11,6 +11,7 @@ sums are computed once when the set is built, not on every call.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import math
 import random
@@ -18,6 +19,8 @@ import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from .names import absolute_name
 
 __all__ = ["Endpoint", "EndpointSet", "Update", "canonical_addresses", "changed", "diff"]
 
@@ -32,17 +35,22 @@ addresses), fields in canonical order, so sorting these tuples sorts the endpoin
 
 
 def _normalize_name(value: object, what: str) -> str:
-    """Lowercase with a trailing dot, so "A.Svc.Test" and "a.svc.test." are one key."""
+    """The wire decoder's canonical form (lowercase, absolute, escaped), so names compare equal.
+
+    Escape-aware: a DNS-SD instance label may hold dots, spaces and
+    backslashes (``printer v2\\.._ipp._tcp``), and every name a lookup
+    accepts must make a valid set.
+    """
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
-    if not value:
-        raise ValueError(f"{what} must be a non-empty DNS name, got {value!r}")
-    name = value.lower()
-    if not name.endswith("."):
-        name += "."
-    if name != "." and (name.startswith(".") or ".." in name):
-        raise ValueError(f"{what} must be a DNS name without empty labels, got {value!r}")
-    return name
+    return _canonical_name(value, what)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_name(value: str, what: str) -> str:
+    # Cached: sets are rebuilt for every stale flip and watch update, with the few
+    # names a process uses, and the encode-decode round trip costs microseconds.
+    return absolute_name(value, what)
 
 
 def _check_u16(value: object, what: str) -> None:

@@ -15,6 +15,9 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 __all__ = ["Policy"]
 
+_MAX_WIRE_TTL = 2**31 - 1
+_WIRE_TTLS = ("min_ttl", "max_ttl", "negative_min_ttl", "negative_max_ttl")
+"""Fields that can end up as a TTL on the wire, so they must fit one."""
 _RETRYING = AsyncRetrying()  # only to give tenacity's wait strategies a call state
 
 
@@ -64,8 +67,18 @@ class Policy:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"Policy.{f.name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
+            try:
+                finite = math.isfinite(value)  # an int beyond float range overflows here
+            except OverflowError:
+                finite = False
+            if not finite or value < 0:
                 raise ValueError(f"Policy.{f.name} must be a finite number >= 0, got {value!r}")
+        for name in _WIRE_TTLS:
+            if getattr(self, name) > _MAX_WIRE_TTL:
+                raise ValueError(
+                    f"Policy.{name} must be at most {_MAX_WIRE_TTL} (RFC 2181 section 8), "
+                    f"got {getattr(self, name)!r}"
+                )
         if self.min_ttl <= 0:
             raise ValueError(f"Policy.min_ttl must be > 0, got {self.min_ttl!r}")
         if self.max_ttl < self.min_ttl:

@@ -22,16 +22,24 @@ import anyio.abc
 import dns.rdata
 
 from . import wire
+from .address import Nameserver, parse_nameservers
 from .cache import Clock, RecordStore
 from .endpoints import EndpointSet
 from .errors import NoData, NXDomain, ResolveError
 from .flight import Singleflight
-from .names import absolute_name, search_candidates, system_config, type_code, type_text
+from .names import (
+    check_int,
+    search_candidates,
+    search_list,
+    system_config,
+    type_code,
+    type_text,
+)
 from .policy import Policy
 from .records import Records
 from .reply import Positive, malformed_is_server_failure
 from .srv import Assembler
-from .transport import Nameserver, SocketTransport, Transport, parse_nameserver
+from .transport import SocketTransport, Transport
 from .watch import Updates, Watches
 
 __all__ = ["Answer", "Resolver", "watch"]
@@ -100,43 +108,26 @@ class Resolver:
         self.policy = policy if policy is not None else Policy()
         if not isinstance(self.policy, Policy):
             raise ValueError(f"policy must be a srvwatch.Policy, got {policy!r}")
-        if nameservers is not None and (
-            isinstance(nameservers, (str, bytes)) or not isinstance(nameservers, Sequence)
-        ):
-            raise ValueError(f"nameservers must be a list of strings, got {nameservers!r}")
         if transport is not None and nameservers is not None:
             raise ValueError("give nameservers or a transport, not both")
         if nameservers is None and transport is None:
             nameservers, system_search, system_ndots = system_config()
             search = system_search if search is None else search
             ndots = system_ndots if ndots is None else ndots
+        self.search: tuple[str, ...] = search_list(search)
+        self.ndots = check_int(1 if ndots is None else ndots, "ndots", 0)
         if transport is None:
-            servers = [parse_nameserver(text) for text in nameservers or ()]
-            if not servers:
-                raise ValueError("nameservers must not be empty (None reads /etc/resolv.conf)")
-            for option, value in (
-                ("max_socket_uses", max_socket_uses),
-                ("max_in_flight", max_in_flight),
-            ):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
             transport = SocketTransport(
-                servers,
+                parse_nameservers(nameservers),
                 self.policy,
                 clock=clock,
-                max_socket_uses=max_socket_uses,
-                max_in_flight=max_in_flight,
+                max_socket_uses=check_int(max_socket_uses, "max_socket_uses", 1),
+                max_in_flight=check_int(max_in_flight, "max_in_flight", 1),
             )
             self._owns_transport = True
         else:
             self._owns_transport = False
         self.nameservers: tuple[Nameserver, ...] = transport.nameservers
-        self.search: tuple[str, ...] = tuple(
-            absolute_name(s, "search domain") for s in search or ()
-        )
-        self.ndots = 1 if ndots is None else ndots
-        if isinstance(self.ndots, bool) or not isinstance(self.ndots, int) or self.ndots < 0:
-            raise ValueError(f"ndots must be an integer >= 0, got {ndots!r}")
         self._clock = clock
         self._transport = transport
         self._counters = transport.counters
@@ -239,6 +230,8 @@ class Resolver:
 
     def _name(self, text: str) -> _Name:
         """The canonical name for what a user typed: validated once, shared by every spelling."""
+        if not isinstance(text, str):
+            raise ValueError(f"name must be a string, got {text!r}")
         name = self._names.get(text)
         if name is not None:
             return name
@@ -268,7 +261,10 @@ class Resolver:
     async def resolve_srv(self, name: str) -> EndpointSet:
         """SRV endpoints of ``name`` with target addresses; ``ordered()`` gives RFC 2782 order."""
         self._counters.lookups += 1
-        known = self._names.get(name) or self._name(name)
+        try:
+            known = self._names[name]
+        except (KeyError, TypeError):  # new, or not a name at all (unhashable)
+            known = self._name(name)
         if known.srv is not None and self._clock() < known.srv_until:
             self._counters.hits += 1
             return known.srv
@@ -280,7 +276,10 @@ class Resolver:
     async def resolve_addresses(self, name: str) -> tuple[str, ...]:
         """IPv4 and IPv6 addresses of ``name`` (A and AAAA asked at once)."""
         self._counters.lookups += 1
-        known = self._names.get(name) or self._name(name)
+        try:
+            known = self._names[name]
+        except (KeyError, TypeError):  # new, or not a name at all (unhashable)
+            known = self._name(name)
         if known.addresses and self._clock() < known.addresses_until:
             self._counters.hits += 1
             return known.addresses
@@ -295,7 +294,10 @@ class Resolver:
         """Records of any type, as dnspython rdata objects."""
         self._counters.lookups += 1
         qtype = type_code(rdtype)
-        known = self._names.get(name) or self._name(name)
+        try:
+            known = self._names[name]
+        except (KeyError, TypeError):  # new, or not a name at all (unhashable)
+            known = self._name(name)
         view = known.answers.get(qtype)
         if view is not None and self._clock() < view[1]:
             self._counters.hits += 1

@@ -13,7 +13,6 @@ whose ID or question does not match is ignored, not trusted.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -21,7 +20,6 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 import anyio
@@ -31,6 +29,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from . import wire
+from .address import Nameserver, parse_nameserver
 from .errors import ResolveTimeout, ServerFailure
 from .metrics import Counters
 from .names import type_text
@@ -47,61 +46,6 @@ _ANSWER_RCODES = frozenset({wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN})
 """The only rcodes that answer a question; any other moves on to the next nameserver."""
 _MAX_UDP_RESPONSE = 65535
 _QUERY_CACHE_SIZE = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Nameserver:
-    """An upstream nameserver: an IP literal and a port."""
-
-    host: str
-    port: int = 53
-
-    @property
-    def family(self) -> socket.AddressFamily:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-    def __str__(self) -> str:
-        if self.family == socket.AF_INET6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-def parse_nameserver(text: str) -> Nameserver:
-    """Parse ``"host"``, ``"host:port"``, ``"[v6]"`` or ``"[v6]:port"``; host must be an IP literal.
-
-    Anything else is a ValueError that names the entry: a misparsed address
-    must fail loudly at start-up, never silently at query time.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"nameserver must be a string like '127.0.0.1:53', got {text!r}")
-    raw = text.strip()
-    host, port_text = raw, ""
-    if raw.startswith("["):
-        end = raw.find("]")
-        if end < 0:
-            raise ValueError(f"nameserver {text!r}: missing ']' after IPv6 address")
-        host, rest = raw[1:end], raw[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"nameserver {text!r}: expected ':port' after ']'")
-            port_text = rest[1:]
-    elif raw.count(":") == 1:
-        host, port_text = raw.split(":")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(
-            f"nameserver {text!r}: {host!r} is not an IP address "
-            "(use 'host', 'host:port' or '[v6]:port' with a literal address)"
-        ) from None
-    if raw.startswith("[") and address.version != 6:
-        raise ValueError(f"nameserver {text!r}: brackets are only for IPv6 addresses")
-    port = 53
-    if port_text or raw.endswith(":"):
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"nameserver {text!r}: port must be 1-65535, got {port_text!r}")
-        port = int(port_text)
-    return Nameserver(address.compressed, port)
 
 
 class Transport(Protocol):
