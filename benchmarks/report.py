@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "srvwatch (asyncio)"
-COLD_REFERENCE = "srvwatch (min_ttl=1e-6, asyncio)"
+COLD_REFERENCE = "srvwatch (min_ttl=1e-9, asyncio)"
 DNSPYTHON_HIT = "dnspython async, LRUCache (asyncio)"
 AIODNS_HIT = "aiodns query_dns, c-ares cache (asyncio)"
 AIODNS_COLD = "aiodns query_dns (asyncio)"

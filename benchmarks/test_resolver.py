@@ -43,6 +43,7 @@ from benchmarks._harness import (
     rotated,
     scaled,
 )
+from benchmarks.baseline import BASE_LABEL, load_base
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -135,6 +136,28 @@ def test_cache_hit(benchmark: Any, knot_server: KnotServer, runners: RunnerFacto
                 scaled(20_000),
                 srv_batch,
                 functools.partial(resolver.resolve_srv, name),
+            )
+        )
+
+    base = load_base()
+    if base is not None:  # A/B: the same scenario on an earlier commit's srvwatch
+        runner = runners("asyncio")
+        base_resolver = runner.enter(lambda: base.Resolver([knot_server.address()]))
+
+        async def base_batch(n: int, resolver: Any = base_resolver) -> int:
+            resolve = resolver.resolve_srv
+            start = perf_ns()
+            for _ in range(n):
+                await resolve(name)
+            return perf_ns() - start
+
+        peers.append(
+            BatchPeer(
+                f"{BASE_LABEL} (asyncio)",
+                runner,
+                scaled(20_000),
+                base_batch,
+                functools.partial(base_resolver.resolve_srv, name),
             )
         )
 
@@ -253,15 +276,31 @@ def test_cold_lookup(
 
     for flavour in SRVWATCH_FLAVOURS:
         runner = runners(flavour)
-        # min_ttl=1e-6: the floor (normally 5 s) would otherwise cache the TTL-0 answer.
+        # min_ttl=1e-9: the floor (normally 5 s) would otherwise cache the TTL-0 answer
+        # (a microsecond floor is not enough: the next call can start within it).
         resolver = runner.enter(
-            lambda: srvwatch.Resolver([knot.address()], policy=srvwatch.Policy(min_ttl=1e-6))
+            lambda: srvwatch.Resolver([knot.address()], policy=srvwatch.Policy(min_ttl=1e-9))
         )
         peers.append(
             LatencyPeer(
-                f"srvwatch (min_ttl=1e-6, {flavour})",
+                f"srvwatch (min_ttl=1e-9, {flavour})",
                 _async_calls(runner, functools.partial(resolver.resolve_srv, name), check_srvwatch),
                 functools.partial(_queries_sent, resolver),
+            )
+        )
+    base = load_base()
+    if base is not None:
+        runner = runners("asyncio")
+        base_resolver = runner.enter(
+            lambda: base.Resolver([knot.address()], policy=base.Policy(min_ttl=1e-9))
+        )
+        peers.append(
+            LatencyPeer(
+                f"{BASE_LABEL} (min_ttl=1e-9, asyncio)",
+                _async_calls(
+                    runner, functools.partial(base_resolver.resolve_srv, name), check_srvwatch
+                ),
+                functools.partial(_queries_sent, base_resolver),
             )
         )
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from . import reply as replies
 from .cache import Clock, Entry, RecordStore
@@ -49,14 +48,10 @@ class Records:
     ) -> None:
         self.store = store
         self._transport = transport
-        self._flights = flights
+        self.flights = flights
         self._policy = policy
         self._counters = counters
         self._clock = clock
-
-    async def coalesce(self, key: object, work: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """One shared ``work(*args)`` per key (see :class:`~srvwatch.flight.Singleflight`)."""
-        return await self._flights.run(key, work, *args)
 
     async def lookup(self, fqdn: str, qtype: int, *, refresh: bool = False) -> Found:
         """The positive entry for ``fqdn``/``qtype``; negative answers and failures raise.
@@ -66,7 +61,7 @@ class Records:
         """
         if refresh:
             shared = ("refresh", fqdn, qtype)
-            return await self._flights.run(shared, self._fetch, fqdn, qtype, False)
+            return await self.flights.run(shared, self._fetch, fqdn, qtype, False)
         key = (fqdn, qtype)
         entry = self.store.peek(key)
         if entry is not None:
@@ -85,7 +80,7 @@ class Records:
                     return entry, True
                 raise failure.error()
         self._counters.misses += 1
-        return await self._flights.run(key, self._fetch, fqdn, qtype, True)
+        return await self.flights.run(key, self._fetch, fqdn, qtype, True)
 
     async def _fetch(self, fqdn: str, qtype: int, serve_stale: bool) -> Found:
         key = (fqdn, qtype)

@@ -95,11 +95,7 @@ def malformed_is_server_failure(server: str, name: str, qtype: int) -> Iterator[
     try:
         yield
     except wire.WireError as exc:
-        raise ServerFailure(
-            f"{name} {type_text(qtype)}: malformed answer from {server}: {exc}",
-            name=name,
-            rdtype=type_text(qtype),
-        ) from None
+        raise _malformed(server, name, qtype, exc) from None
 
 
 def interpret(
@@ -120,57 +116,66 @@ def interpret(
     failures, as unbound answers them, never an empty answer.
     """
     data, msg, server = reply
-    type_name = type_text(qtype)
-    with malformed_is_server_failure(server, fqdn, qtype):
-        current = msg.qname
-        while True:
-            records = tuple(
-                r
-                for r in msg.answers
-                if r.name == current and r.rdtype == qtype and r.rdclass == wire.CLASS_IN
-            )
-            if records or qtype == wire.TYPE_CNAME:
-                break
-            cname = next(
-                (r for r in msg.answers if r.name == current and r.rdtype == wire.TYPE_CNAME),
-                None,
-            )
-            if cname is None:
-                break
-            hops += 1
-            target = wire.decode_cname(data, cname)
-            if hops > MAX_CNAME_HOPS:
-                raise _chain_failure(fqdn, qtype, f"CNAME chain longer than {MAX_CNAME_HOPS}")
-            if target in seen:
-                raise _chain_failure(fqdn, qtype, f"CNAME loop at {target}")
-            seen.add(target)
-            chain_ttl = min(chain_ttl, cname.ttl)
-            current = target
-        if records:
-            values = _decode(data, msg, records, qtype)
-            glue = _glue(data, msg, fqdn, values) if qtype == wire.TYPE_SRV else {}
-            ttl = min(chain_ttl, min([r.ttl for r in records]))
-            return Positive(data, msg, records, values, current, ttl, glue, server)
-        soa = next((r for r in msg.authority if r.rdtype == wire.TYPE_SOA), None)
-        if msg.rcode == wire.RCODE_NXDOMAIN:
-            return Negative(
-                data,
-                msg,
-                True,
-                _negative_ttl(data, soa, policy),
-                f"{fqdn} {type_name}: no such name (NXDOMAIN)",
-                server,
-            )
-        if current != msg.qname and soa is None:
-            return Follow(current, chain_ttl, hops)
-        return Negative(
-            data,
-            msg,
-            False,
-            _negative_ttl(data, soa, policy),
-            f"{fqdn} has no {type_name} records (NODATA)",
-            server,
+    try:
+        return _interpret(data, msg, server, fqdn, qtype, policy, seen, hops, chain_ttl)
+    except wire.WireError as exc:
+        raise _malformed(server, fqdn, qtype, exc) from None
+
+
+def _interpret(
+    data: bytes,
+    msg: wire.Message,
+    server: str,
+    fqdn: str,
+    qtype: int,
+    policy: Policy,
+    seen: set[str],
+    hops: int,
+    chain_ttl: float,
+) -> Positive | Negative | Follow:
+    current = msg.qname
+    answers = msg.answers
+    while True:
+        records = tuple(
+            [r for r in answers if r.name == current and r.rdtype == qtype and r.rdclass == 1]
         )
+        if records or qtype == wire.TYPE_CNAME:
+            break
+        cname = next(
+            (r for r in answers if r.name == current and r.rdtype == wire.TYPE_CNAME), None
+        )
+        if cname is None:
+            break
+        hops += 1
+        target = wire.decode_cname(data, cname)
+        if hops > MAX_CNAME_HOPS:
+            raise _chain_failure(fqdn, qtype, f"CNAME chain longer than {MAX_CNAME_HOPS}")
+        if target in seen:
+            raise _chain_failure(fqdn, qtype, f"CNAME loop at {target}")
+        seen.add(target)
+        chain_ttl = min(chain_ttl, cname.ttl)
+        current = target
+    if records:
+        values = _decode(data, msg, records, qtype)
+        glue = _glue(data, msg, fqdn, values) if qtype == wire.TYPE_SRV and msg.additional else {}
+        ttl = min(chain_ttl, min([r.ttl for r in records]))
+        return Positive(data, msg, records, values, current, ttl, glue, server)
+    soa = next((r for r in msg.authority if r.rdtype == wire.TYPE_SOA), None)
+    if msg.rcode == wire.RCODE_NXDOMAIN:
+        message = f"{fqdn} {type_text(qtype)}: no such name (NXDOMAIN)"
+        return Negative(data, msg, True, _negative_ttl(data, soa, policy), message, server)
+    if current != msg.qname and soa is None:
+        return Follow(current, chain_ttl, hops)
+    message = f"{fqdn} has no {type_text(qtype)} records (NODATA)"
+    return Negative(data, msg, False, _negative_ttl(data, soa, policy), message, server)
+
+
+def _malformed(server: str, name: str, qtype: int, exc: wire.WireError) -> ServerFailure:
+    return ServerFailure(
+        f"{name} {type_text(qtype)}: malformed answer from {server}: {exc}",
+        name=name,
+        rdtype=type_text(qtype),
+    )
 
 
 def _chain_failure(fqdn: str, qtype: int, why: str) -> ServerFailure:
@@ -208,8 +213,6 @@ def _glue(
     data: bytes, msg: wire.Message, fqdn: str, values: tuple[Any, ...]
 ) -> dict[str, tuple[list[str], int]]:
     """Addresses of SRV targets from the additional section, in bailiwick only (RFC 5452 §6)."""
-    if not msg.additional:
-        return {}
     targets = {value[3] for value in values}
     bailiwick = _bailiwick(msg, fqdn)
     glue: dict[str, tuple[list[str], int]] = {}

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-import anyio
-import anyio.abc
 import dns.rdata
 
 from . import wire
@@ -39,6 +37,7 @@ from .policy import Policy
 from .records import Records
 from .reply import Positive, malformed_is_server_failure
 from .srv import Assembler
+from .tasks import TaskOwner
 from .transport import SocketTransport, Transport
 from .watch import Updates, Watches
 
@@ -131,21 +130,20 @@ class Resolver:
         self._clock = clock
         self._transport = transport
         self._counters = transport.counters
+        self._tasks = TaskOwner("Resolver")
         self._store = RecordStore(self.policy, clock)
-        self._flights = Singleflight(self._counters, self._spawn, self._check_open)
+        self._flights = Singleflight(self._counters, self._tasks.spawn, self._tasks.check_open)
         self._records = Records(
             self._store, transport, self._flights, self.policy, self._counters, clock
         )
         self._assembler = Assembler(self._records, self.policy)
-        self._watches = Watches(self.policy, self._counters, clock, self._spawn)
+        self._watches = Watches(self.policy, self._counters, clock, self._tasks.spawn)
         self._names: dict[str, _Name] = {}
         self._canonical: dict[tuple[str, ...], _Name] = {}
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._task_scopes: set[anyio.CancelScope] = set()
-        self._closed = False
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open" if self._task_group else "not entered"
+        tasks = self._tasks
+        state = "closed" if tasks.closed else "open" if tasks.entered else "not entered"
         return (
             f"<Resolver {state} nameservers=[{', '.join(map(str, self.nameservers))}] "
             f"entries={len(self._store)} watches={len(self._watches)}>"
@@ -154,11 +152,7 @@ class Resolver:
     # -- lifecycle ----------------------------------------------------------------
 
     async def __aenter__(self) -> Resolver:
-        if self._task_group is not None or self._closed:
-            raise RuntimeError("a Resolver can be entered only once")
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
+        await self._tasks.open()
         return self
 
     async def __aexit__(
@@ -167,13 +161,8 @@ class Resolver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # The task group holds only the resolver's own tasks, which never raise; the
-        # body's exception is not handed to it, so users see their own exception.
-        task_group = self._task_group
         try:
-            if task_group is not None:
-                task_group.cancel_scope.cancel()
-                await task_group.__aexit__(None, None, None)
+            await self._tasks.close()
         finally:
             await self.aclose()
 
@@ -183,35 +172,9 @@ class Resolver:
         Safe to call inside the ``async with`` body: only the resolver's own
         tasks are cancelled, never the caller.
         """
-        self._closed = True
-        for scope in list(self._task_scopes):
-            scope.cancel()
+        self._tasks.cancel_all()
         if self._owns_transport:
             await self._transport.aclose()
-
-    def _spawn(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Start one of the resolver's own tasks, cancellable by :meth:`aclose`."""
-        assert self._task_group is not None
-        self._task_group.start_soon(self._guarded, func, *args)
-
-    async def _guarded(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
-        with anyio.CancelScope() as scope:
-            if self._closed:
-                scope.cancel()
-            self._task_scopes.add(scope)
-            try:
-                await func(*args)
-            finally:
-                self._task_scopes.discard(scope)
-
-    def _check_open(self) -> None:
-        """Lookups and watches need the task group that ``async with`` opens, and no close."""
-        if self._closed:
-            raise RuntimeError("the Resolver is closed")
-        if self._task_group is None:
-            raise RuntimeError(
-                "use the Resolver as `async with srvwatch.Resolver(...) as resolver:`"
-            )
 
     def stats(self) -> dict[str, int]:
         """Counters: queries, hits, misses, coalesced, stale, sockets opened/closed, ..."""
@@ -283,7 +246,7 @@ class Resolver:
         if known.addresses and self._clock() < known.addresses_until:
             self._counters.hits += 1
             return known.addresses
-        self._check_open()
+        self._tasks.check_open()
         addresses, ttl, stale = await self._search(known, self._assembler.address_set)
         if not stale:
             known.addresses = addresses
@@ -338,7 +301,7 @@ class Resolver:
         if qtype not in _WATCH_TYPES:
             raise ValueError(f"watch supports SRV, A and AAAA records, not {rdtype!r}")
         known = self._name(name)  # a bad name fails here, before anything starts
-        self._check_open()
+        self._tasks.check_open()
 
         async def refresh() -> EndpointSet:
             if qtype == wire.TYPE_SRV:

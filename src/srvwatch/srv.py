@@ -63,7 +63,7 @@ class Assembler:
         self._policy = policy
 
     async def srv_set(self, fqdn: str, *, refresh: bool = False) -> EndpointSet:
-        return await self._records.coalesce(("srv", fqdn, refresh), self._build, fqdn, refresh)
+        return await self._records.flights.run(("srv", fqdn, refresh), self._build, fqdn, refresh)
 
     async def _build(self, fqdn: str, refresh: bool) -> EndpointSet:
         entry, stale = await self._records.lookup(fqdn, wire.TYPE_SRV, refresh=refresh)
