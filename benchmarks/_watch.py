@@ -67,20 +67,28 @@ def _machine() -> dict[str, Any]:
 
 @dataclass
 class Results:
-    """Everything measured in this session; rewritten to disk after every benchmark."""
+    """Everything measured in this session; rewritten to disk after every result and target.
+
+    Targets are written too: the scenario that runs last may record one after its results
+    (once the scenarios were split, the storm's targets came last and never reached disk).
+    """
 
     data: dict[str, Any] = field(default_factory=dict)
 
     def record(self, section: str, value: dict[str, Any]) -> None:
         self.data[section] = value
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / "watch.json").write_text(json.dumps(self.data, indent=1) + "\n")
-        (RESULTS_DIR / "watch.md").write_text(render_markdown(self.data))
+        self._write()
 
     def target(self, name: str, met: bool, detail: str) -> None:
         self.data.setdefault("targets", {})[name] = {"met": met, "detail": detail}
+        self._write()
         flag = "met" if met else "NOT MET"
         print(f"target {name}: {flag} ({detail})")
+
+    def _write(self) -> None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "watch.json").write_text(json.dumps(self.data, indent=1) + "\n")
+        (RESULTS_DIR / "watch.md").write_text(render_markdown(self.data))
 
 
 @pytest.fixture(scope="session")
