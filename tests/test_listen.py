@@ -337,6 +337,23 @@ async def test_in_flight_bound_per_connection_stops_reading() -> None:
     assert_balanced(lst)
 
 
+async def test_close_while_reading_waits_for_an_in_flight_slot() -> None:
+    """The query read but not started is dropped cleanly (its coroutine closed, no warning)."""
+    toy = Toy()
+    lst = DnsListener(toy, max_in_flight=1)
+    await lst.start()
+    try:
+        async with await anyio.connect_tcp(lst.host, lst.port) as stream:
+            await stream.send(frame(b"gated:1") + frame(b"gated:2"))
+            await eventually(lambda: len(toy.calls) == 2)
+            await lst.aclose()
+            await assert_closed_by_server(stream, TIMEOUT)
+    finally:
+        await lst.aclose()
+    assert lst.stats()["deferred_dropped"] == 1
+    assert_balanced(lst)
+
+
 async def test_deferred_bound_drops_the_excess() -> None:
     toy = Toy()
     async with DnsListener(toy, max_deferred=1) as lst:

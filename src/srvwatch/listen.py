@@ -483,7 +483,11 @@ class DnsListener:
                 if self._deferred >= self.max_deferred:
                     self._drop_deferred(reply)
                     continue
-                await conn.slots.acquire()  # too many in flight: stop reading until one ends
+                try:
+                    await conn.slots.acquire()  # too many in flight: stop reading until one ends
+                except BaseException:  # cancelled meanwhile (CLOSE, aclose)
+                    self._drop_deferred(reply)
+                    raise
                 self._deferred += 1
                 self._spawn(tg, self._deferred_tcp, conn, reply)
             else:
