@@ -12,7 +12,8 @@ import pytest
 
 from benchmarks._harness import Runner, make_runner
 
-pytest_plugins = ["tests.dns_servers"]
+# benchmarks._watch: one results collector for every bench_watch_*.py scenario in a session.
+pytest_plugins = ["tests.dns_servers", "benchmarks._watch"]
 
 
 @pytest.fixture

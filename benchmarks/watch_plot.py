@@ -1,4 +1,4 @@
-"""Draw docs/storm.png from benchmarks/results/watch.json (written by bench_watch.py).
+"""Draw docs/storm.png from benchmarks/results/watch.json (written by bench_watch_*.py).
 
 Usage (from the repository root)::
 
@@ -54,7 +54,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
 
     storm = results.get("storm")
     if not storm:
-        sys.exit("no storm results in the JSON file: run benchmarks/bench_watch.py first")
+        sys.exit("no storm results in the JSON file: run benchmarks/bench_watch_storm.py first")
     runs = storm["runs"]
     machine = results.get("machine", {})
 
@@ -119,7 +119,7 @@ def main(argv: list[str]) -> None:
     results_path = Path(argv[1]) if len(argv) > 1 else DEFAULT_RESULTS
     out = Path(argv[2]) if len(argv) > 2 else DEFAULT_OUT
     if not results_path.exists():
-        sys.exit(f"{results_path} not found: run benchmarks/bench_watch.py first")
+        sys.exit(f"{results_path} not found: run benchmarks/bench_watch_storm.py first")
     plot(json.loads(results_path.read_text()), out)
 
 

@@ -333,6 +333,27 @@ async def test_drop_times_out_on_udp_and_closes_tcp(anyio_backend: Backend) -> N
         assert rdatas(r.answer[0]) == {"127.0.0.1"}
 
 
+async def test_slow_drop_closes_tcp_after_the_latency_answering_others_meanwhile(
+    anyio_backend: Backend,
+) -> None:
+    async with ZoneServer() as zs:
+        zs.set_records("a", "A", ["127.0.0.1"])
+        zs.set_records("b", "A", ["127.0.0.2"])
+        zs.inject(Fault(drop=True, latency=0.3, name="a"))
+        queries = [dns.message.make_query(f"{n}.svc.test.", "A") for n in ("a", "b")]
+        buf = bytearray()
+        async with await anyio.connect_tcp(zs.host, zs.port) as stream:
+            start = anyio.current_time()
+            await stream.send(b"".join(frame(q.to_wire()) for q in queries))
+            with anyio.fail_after(TIMEOUT):
+                reply = dns.message.from_wire(await read_frame(stream, buf))
+                assert reply.id == queries[1].id
+                assert anyio.current_time() - start < 0.2
+                with pytest.raises(anyio.EndOfStream):
+                    await stream.receive()
+            assert anyio.current_time() - start >= 0.29
+
+
 async def test_rcode_fault_expires_after_count(anyio_backend: Backend) -> None:
     async with ZoneServer() as zs:
         zs.set_records("a", "A", ["127.0.0.1"])

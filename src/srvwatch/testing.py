@@ -16,17 +16,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-import socket
 import struct
 import textwrap
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import anyio
-import anyio.abc
 import dns.exception
 import dns.flags
 import dns.message
@@ -42,8 +39,9 @@ import dns.rdtypes.mxbase
 import dns.rdtypes.nsbase
 import dns.rrset
 import dns.zone
-from anyio.streams.buffered import BufferedByteReceiveStream
-from anyio.streams.stapled import MultiListener
+
+from . import wire
+from .listen import CLOSE, DnsListener, Peer, Reply, format_address
 
 __all__ = ["Fault", "ZoneServer"]
 
@@ -55,16 +53,16 @@ _AAAA = dns.rdatatype.AAAA
 _CNAME = dns.rdatatype.CNAME
 _SOA = dns.rdatatype.SOA
 _ANY = dns.rdatatype.ANY
-_OPT = 41
-_OUR_PAYLOAD = 1232  # what we advertise; DNS flag day 2020
 _MAX_UDP = 65507
 _CACHE_LIMIT = 10_000  # rendered answers; cleared when full (0x20-randomised names could grow it)
+# The header's third byte: QR, opcode, AA, TC, RD (wire's flags are 16-bit, this walk reads bytes).
+_QR = wire.FLAG_QR >> 8
+_RD = wire.FLAG_RD >> 8
+_QR_OR_OPCODE = _QR | 0x78
+# wire keeps its structs private; the walk below needs the same two layouts.
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
 _WRONG_QNAME = dns.name.from_text("wrong-question.invalid.")
-_BIND_ATTEMPTS = 10
-_UDP_BATCH = 64  # datagrams handled per wake-up before yielding to other tasks
-_SOCKET_BUFFER = 4 << 20  # the kernel caps it at net.core.rmem_max / wmem_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +154,12 @@ def _parse_query(data: bytes) -> _Query | None:
     """Read a plain query (one question, optional OPT) without dnspython: the hot path.
 
     Returns None for anything else; the slow path then decides (FORMERR, NOTIMP, ignore...).
+    Not :func:`wire.question_key`: the answer also needs the question's bytes as sent (to
+    echo the client's letter case), the name in wire form (the render cache's key) and the
+    OPT record's version and payload, and this server is the one the benchmarks query.
     """
     size = len(data)
-    if size < 17 or data[2] & 0xF8:  # QR set or opcode != QUERY
+    if size < 17 or data[2] & _QR_OR_OPCODE:  # QR set or opcode != QUERY
         return None
     qid, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount != 1 or ancount or nscount or arcount > 1:
@@ -184,7 +185,7 @@ def _parse_query(data: bytes) -> _Query | None:
         if i + 11 > size or data[i] != 0:
             return None
         rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, i + 1)
-        if rtype != _OPT:
+        if rtype != wire.TYPE_OPT:
             return None
         i += 11 + rdlen
         edns, payload = (ttl >> 16) & 0xFF, max(512, rclass)
@@ -192,7 +193,7 @@ def _parse_query(data: bytes) -> _Query | None:
         return None
     return _Query(
         qid=qid,
-        rd=bool(data[2] & 1),
+        rd=bool(data[2] & _RD),
         question=data[12 : qname_end + 4],
         qname=data[12:qname_end].lower(),
         qtype=qtype,
@@ -203,7 +204,10 @@ def _parse_query(data: bytes) -> _Query | None:
 
 
 def _header_only(data: bytes, rcode: int) -> bytes:
-    """A reply that echoes the ID, opcode and RD of a query we could not otherwise parse."""
+    """A reply that echoes the ID, opcode and RD of a query we could not otherwise parse.
+
+    For NOTIMP: :func:`wire.make_response` answers FORMERR to a message without a question.
+    """
     return struct.pack(
         "!HBBHHHH", (data[0] << 8) | data[1], 0x80 | (data[2] & 0x79), rcode, 0, 0, 0, 0
     )
@@ -264,10 +268,7 @@ class ZoneServer:
             tuple[bytes, int, int, int, dns.rcode.Rcode | None], tuple[bytes, bytes]
         ] = {}
         self._faults: list[_Armed] = []
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._udp: socket.socket | None = None
-        self._listeners: list[anyio.abc.SocketListener] = []
-        self._conns: set[anyio.abc.SocketStream] = set()
+        self._listener: DnsListener | None = None
         self._load(zone)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -287,72 +288,29 @@ class ZoneServer:
     @property
     def address(self) -> str:
         """``host:port`` (``[host]:port`` for IPv6), the form nameserver lists take."""
-        if self._ip.version == 6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     async def start(self) -> None:
         """Bind UDP and TCP on one port and serve until :meth:`aclose`."""
-        if self._tg is not None:
+        if self._listener is not None:
             raise RuntimeError("ZoneServer is already running")
-        udp, listener = await self._bind()
-        self._udp = udp
-        self._listeners = [x for x in listener.listeners if isinstance(x, anyio.abc.SocketListener)]
-        tg = anyio.create_task_group()
-        try:
-            await tg.__aenter__()
-        except BaseException:
-            await self.aclose()
-            raise
-        self._tg = tg
-        tg.start_soon(self._serve_udp, udp)
-        for sock in self._listeners:
-            tg.start_soon(self._accept_loop, sock)
+        listener = DnsListener(
+            self._handle,
+            self.host,
+            self._requested_port,
+            idle_timeout=self.tcp_idle_timeout,
+            name=f"ZoneServer({self.origin})",
+        )
+        await listener.start()
+        self._listener = listener
+        self.port = listener.port
         log.debug("ZoneServer for %s serving on %s", self.origin, self.address)
 
     async def aclose(self) -> None:
         """Stop serving and close every socket, connection and task. Idempotent."""
-        tg, self._tg = self._tg, None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
-            # Tasks cancelled before they first ran never reached their own cleanup.
-            with anyio.CancelScope(shield=True):
-                for conn in list(self._conns):
-                    await anyio.aclose_forcefully(conn)
-                self._conns.clear()
-                for sock in self._listeners:
-                    await anyio.aclose_forcefully(sock)
-                self._listeners = []
-                if self._udp is not None:
-                    self._udp.close()
-                    self._udp = None
-
-    async def _bind(self) -> tuple[socket.socket, MultiListener[anyio.abc.SocketStream]]:
-        last: OSError | None = None
-        attempts = 1 if self._requested_port else _BIND_ATTEMPTS
-        family = socket.AF_INET6 if self._ip.version == 6 else socket.AF_INET
-        for _ in range(attempts):
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                udp.setblocking(False)
-                _grow_buffers(udp)
-                udp.bind((self.host, self._requested_port))
-                port: int = udp.getsockname()[1]
-                listener = await anyio.create_tcp_listener(local_host=self.host, local_port=port)
-            except OSError as exc:  # taken (for TCP, when the port was picked for UDP)
-                udp.close()
-                last = exc
-                continue
-            except BaseException:
-                udp.close()
-                raise
-            self.port = port
-            return udp, listener
-        assert last is not None
-        raise last
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.aclose()
 
     # -- records -----------------------------------------------------------------------------
 
@@ -498,17 +456,33 @@ class ZoneServer:
 
     # -- answering ---------------------------------------------------------------------------
 
+    def _handle(self, data: bytes, peer: Peer, tcp: bool) -> Reply | Awaitable[Reply]:
+        """The listener's handler: the reply now, or later when a fault adds latency."""
+        plan = self._plan(data, tcp=tcp)
+        if plan is None:
+            return None
+        reply: Reply
+        if plan.drop:
+            if not tcp:
+                return None  # a dropped datagram: the latency does not matter
+            reply = CLOSE
+        else:
+            reply = plan.packets[0] if len(plan.packets) == 1 else plan.packets
+        if plan.delay > 0:
+            return _later(plan.delay, reply)
+        return reply
+
     def _plan(self, data: bytes, *, tcp: bool) -> _Plan | None:
         """Decide the reply to one message, or None to ignore it. Never raises on bad input."""
         query = _parse_query(data)
         if query is None:
-            if len(data) < 12 or data[2] & 0x80:  # no header, or a response: never answer
+            if len(data) < 12 or data[2] & _QR:  # no header, or a response: never answer
                 return None
             if (data[2] >> 3) & 0xF != dns.opcode.QUERY:
-                return _Plan([_header_only(data, dns.rcode.NOTIMP)])
+                return _Plan([_header_only(data, wire.RCODE_NOTIMP)])
             query = self._parse_slow(data)
             if query is None:
-                return _Plan([_header_only(data, dns.rcode.FORMERR)])
+                return _Plan([wire.make_response(data, wire.RCODE_FORMERR)])
         self.queries += 1
         self._counts[(query.qname, query.qtype)] += 1
 
@@ -626,7 +600,7 @@ class ZoneServer:
         )
         msg.question = [dns.rrset.RRset(qname, rdclass, rdtype)]
         if query.edns >= 0:
-            msg.use_edns(0, 0, _OUR_PAYLOAD)
+            msg.use_edns(0, 0, wire.DEFAULT_EDNS_PAYLOAD)
         return msg
 
     def _answer(
@@ -696,126 +670,11 @@ class ZoneServer:
                         added.add((target, rt))
                         msg.additional.append(node[rt])
 
-    # -- I/O ---------------------------------------------------------------------------------
 
-    async def _serve_udp(self, udp: socket.socket) -> None:
-        """Drain datagrams in batches with plain non-blocking calls.
-
-        Not anyio's UDP socket: its asyncio flavour queues at most 100 datagrams and drops
-        the rest, which a burst of a thousand watchers overflows; sending synchronously also
-        saves the lock anyio would need for concurrent senders.
-        """
-        while True:
-            await anyio.wait_readable(udp)
-            for _ in range(_UDP_BATCH):
-                try:
-                    data, addr = udp.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                except OSError as exc:  # e.g. ICMP errors surfacing on some platforms
-                    log.debug("ZoneServer: UDP receive error %s", exc)
-                    continue
-                try:
-                    plan = self._plan(data, tcp=False)
-                    if plan is None or plan.drop:
-                        continue
-                    if plan.delay > 0:
-                        assert self._tg is not None
-                        self._tg.start_soon(self._send_udp_later, udp, plan, addr)
-                    else:
-                        _send_udp(udp, plan.packets, addr)
-                except Exception:
-                    log.debug("ZoneServer: failed to answer %s over UDP", addr, exc_info=True)
-
-    @staticmethod
-    async def _send_udp_later(udp: socket.socket, plan: _Plan, addr: Any) -> None:
-        await anyio.sleep(plan.delay)
-        _send_udp(udp, plan.packets, addr)
-
-    async def _accept_loop(self, listener: anyio.abc.SocketListener) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            except OSError as exc:  # out of descriptors, aborted handshake...
-                log.debug("ZoneServer: accept failed: %s", exc)
-                await anyio.sleep(0.01)
-                continue
-            self._conns.add(stream)
-            assert self._tg is not None
-            self._tg.start_soon(self._serve_conn, stream)
-
-    async def _serve_conn(self, stream: anyio.abc.SocketStream) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                await self._read_conn(stream, tg)
-        except Exception:
-            log.debug("ZoneServer: TCP connection failed", exc_info=True)
-        finally:
-            self._conns.discard(stream)
-            await anyio.aclose_forcefully(stream)
-
-    async def _read_conn(self, stream: anyio.abc.SocketStream, tg: anyio.abc.TaskGroup) -> None:
-        """Read framed queries (RFC 1035 4.2.2) until EOF; slow answers go out of order."""
-        reader = BufferedByteReceiveStream(stream)
-        lock = anyio.Lock()
-        while True:
-            data: bytes | None = None
-            try:
-                with anyio.move_on_after(self.tcp_idle_timeout):
-                    length = int.from_bytes(await reader.receive_exactly(2), "big")
-                    data = await reader.receive_exactly(length)
-            except (
-                anyio.EndOfStream,
-                anyio.IncompleteRead,
-                anyio.BrokenResourceError,
-                anyio.ClosedResourceError,
-                OSError,
-            ):
-                return
-            if data is None:  # idle for too long
-                return
-            plan = self._plan(data, tcp=True)
-            if plan is None:
-                continue
-            if plan.drop:
-                await anyio.sleep(plan.delay)
-                tg.cancel_scope.cancel()
-                return
-            if plan.delay > 0:
-                tg.start_soon(self._send_tcp, stream, lock, plan)
-            else:
-                await self._send_tcp(stream, lock, plan)
-
-    @staticmethod
-    async def _send_tcp(stream: anyio.abc.SocketStream, lock: anyio.Lock, plan: _Plan) -> None:
-        if plan.delay > 0:
-            await anyio.sleep(plan.delay)
-        try:
-            async with lock:
-                for packet in plan.packets:
-                    await stream.send(len(packet).to_bytes(2, "big") + packet)
-        except (OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            log.debug("ZoneServer: TCP send failed: %s", exc)
-
-
-def _send_udp(udp: socket.socket, packets: list[bytes], addr: Any) -> None:
-    for packet in packets:
-        try:
-            udp.sendto(packet, addr)
-        except OSError as exc:  # full buffer or gone peer: UDP may lose a reply anyway
-            log.debug("ZoneServer: UDP send to %s failed: %s", addr, exc)
-
-
-def _grow_buffers(sock: socket.socket) -> None:
-    """Room for bursts (a thousand watchers refreshing at once) instead of silent drops."""
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            if sock.getsockopt(socket.SOL_SOCKET, option) < _SOCKET_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-        except OSError as exc:  # the kernel caps or refuses: keep its default
-            log.debug("ZoneServer: cannot grow socket buffer: %s", exc)
+async def _later(delay: float, reply: Reply) -> Reply:
+    """A latency fault: the listener sends ``reply`` after ``delay``, other queries meanwhile."""
+    await anyio.sleep(delay)
+    return reply
 
 
 def _ttl(ttl: int) -> int:
