@@ -17,7 +17,8 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from srvwatch.listen import CLOSE, DnsListener, Peer, Reply, format_address
+from srvwatch.address import format_hostport
+from srvwatch.listen import CLOSE, DnsListener, Peer, Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -148,7 +149,7 @@ async def test_ipv6_loopback_and_address_forms() -> None:
         assert lst.address == f"[::1]:{lst.port}"
         assert await udp_ask(lst, b"echo:6") == [b"re:6"]
         assert await tcp_ask(lst, b"echo:6") == [b"re:6"]
-    assert format_address("10.0.0.1", 53) == "10.0.0.1:53"
+    assert format_hostport("10.0.0.1", 53) == "10.0.0.1:53"
 
 
 async def test_deferred_udp_answer_does_not_block_others() -> None:

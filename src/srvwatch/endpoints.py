@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .names import absolute_name
+from .wire import check_u16
 
 __all__ = ["Endpoint", "EndpointSet", "Update", "canonical_addresses", "changed", "diff"]
 
-_U16_MAX = 65_535
 
 EndpointKey = tuple[str, int, int, int, tuple[str, ...]]
 """The identity of an endpoint for diffing: (target, port, priority, weight, addresses)."""
@@ -51,14 +51,6 @@ def _canonical_name(value: str, what: str) -> str:
     # Cached: sets are rebuilt for every stale flip and watch update, with the few
     # names a process uses, and the encode-decode round trip costs microseconds.
     return absolute_name(value, what)
-
-
-def _check_u16(value: object, what: str) -> None:
-    # bool is an int subclass; Endpoint("x", True) is a bug, not port 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
-    if not 0 <= value <= _U16_MAX:
-        raise ValueError(f"{what} must be in 0..{_U16_MAX}, got {value!r}")
 
 
 def _address_sort_key(
@@ -117,9 +109,9 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", _normalize_name(self.target, "Endpoint target"))
-        _check_u16(self.port, "Endpoint port")
-        _check_u16(self.priority, "Endpoint priority")
-        _check_u16(self.weight, "Endpoint weight")
+        check_u16(self.port, "Endpoint port")
+        check_u16(self.priority, "Endpoint priority")
+        check_u16(self.weight, "Endpoint weight")
         object.__setattr__(self, "addresses", _normalize_addresses(self.addresses))
 
     @classmethod

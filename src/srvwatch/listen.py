@@ -49,7 +49,9 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["CLOSE", "DnsListener", "Handler", "Peer", "Reply", "format_address"]
+from .address import format_hostport
+
+__all__ = ["CLOSE", "DnsListener", "Handler", "Peer", "Reply"]
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +80,6 @@ Reply: TypeAlias = "bytes | Sequence[bytes] | _Close | None"
 Handler: TypeAlias = "Callable[[bytes, Peer, bool], Reply | Awaitable[Reply]]"
 """``handler(query, peer, tcp)``: see the module docstring. It must not raise for any input;
 if it does, the query is dropped and counted in ``handler_errors``."""
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, or ``[host]:port`` for an IPv6 host: the form nameserver lists take."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(slots=True)
@@ -172,7 +169,7 @@ class DnsListener:
 
     @property
     def address(self) -> str:
-        return format_address(self.host, self.port)
+        return format_hostport(self.host, self.port)
 
     @property
     def serving(self) -> bool:

@@ -41,7 +41,8 @@ import dns.rrset
 import dns.zone
 
 from . import wire
-from .listen import CLOSE, DnsListener, Peer, Reply, format_address
+from .address import format_hostport
+from .listen import CLOSE, DnsListener, Peer, Reply
 
 __all__ = ["Fault", "ZoneServer"]
 
@@ -288,7 +289,7 @@ class ZoneServer:
     @property
     def address(self) -> str:
         """``host:port`` (``[host]:port`` for IPv6), the form nameserver lists take."""
-        return format_address(self.host, self.port)
+        return format_hostport(self.host, self.port)
 
     async def start(self) -> None:
         """Bind UDP and TCP on one port and serve until :meth:`aclose`."""

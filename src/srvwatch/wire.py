@@ -57,6 +57,7 @@ __all__ = [
     "WireError",
     "age_ttls",
     "build_query",
+    "check_u16",
     "decode_a",
     "decode_aaaa",
     "decode_cname",
@@ -583,9 +584,15 @@ def _unescape_labels(name: str) -> list[bytes]:
     return labels
 
 
-def _check_u16(what: str, value: int) -> None:
+def check_u16(value: object, what: str) -> None:
+    """The one check of a 16-bit field (ports, IDs, types): TypeError for non-integers.
+
+    ``bool`` is an int subclass, but ``Endpoint("x", True)`` is a bug, not port 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
     if not 0 <= value <= 0xFFFF:
-        raise ValueError(f"{what} {value!r} is not a 16-bit unsigned integer")
+        raise ValueError(f"{what} must be in 0..65535, got {value!r}")
 
 
 def build_query(
@@ -598,9 +605,9 @@ def build_query(
     qclass: int = CLASS_IN,
 ) -> bytes:
     """A standard query for one question, with an EDNS(0) OPT record unless disabled."""
-    _check_u16("query id", qid)
-    _check_u16("qtype", qtype)
-    _check_u16("qclass", qclass)
+    check_u16(qid, "query id")
+    check_u16(qtype, "qtype")
+    check_u16(qclass, "qclass")
     if edns_payload is not None and not 512 <= edns_payload <= 0xFFFF:
         raise ValueError(f"EDNS payload {edns_payload!r} is outside 512..65535")
     wire = encode_name(qname)
@@ -711,7 +718,7 @@ def decode_rdata(data: _BytesLike, rr: Record) -> dns.rdata.Rdata:
 
 def patch_id(buf: bytearray, qid: int) -> None:
     """Overwrite the message ID in place (cached answers are served under the asker's ID)."""
-    _check_u16("query id", qid)
+    check_u16(qid, "query id")
     if len(buf) < 2:
         raise ValueError(f"buffer of {len(buf)} bytes has no room for an ID")
     _U16.pack_into(buf, 0, qid)
