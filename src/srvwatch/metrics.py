@@ -23,9 +23,11 @@ class Counters:
     tcp_queries: int = 0
     truncated: int = 0
     """UDP answers with TC set, retried over TCP."""
+    edns_fallbacks: int = 0
+    """FORMERR answers to a query with EDNS, asked again without it."""
     timeouts: int = 0
     server_errors: int = 0
-    """Answers with SERVFAIL, REFUSED, FORMERR or NOTIMP."""
+    """Answers with an rcode other than NOERROR and NXDOMAIN, or truncated over TCP."""
     network_errors: int = 0
     ignored_responses: int = 0
     """Responses whose ID or question did not match (RFC 5452) or that were malformed."""

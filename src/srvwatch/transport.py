@@ -112,9 +112,9 @@ class _Orphan:
 class _Query:
     """One query as sent, with ID 0, and the question its reply must echo."""
 
-    __slots__ = ("asked", "qclass", "qname", "qtype", "template")
+    __slots__ = ("asked", "plain", "qclass", "qname", "qtype", "template")
 
-    def __init__(self, template: bytes) -> None:
+    def __init__(self, template: bytes, plain: bytes | None = None) -> None:
         self.template = b"\x00\x00" + template[2:]
         msg = wire.parse(self.template)
         if msg.qr or msg.opcode != 0 or not msg.qname:
@@ -123,6 +123,8 @@ class _Query:
         self.qtype = msg.qtype
         self.qclass = msg.qclass
         self.asked = wire.question_of(self.template)
+        self.plain = None if plain is None else _Query(plain)
+        """The same question without EDNS, for a server that answers FORMERR to OPT."""
 
 
 class SocketTransport:
@@ -182,7 +184,10 @@ class SocketTransport:
         """One lookup of a (canonical name, type), with the query bytes built once per pair."""
         query = self._queries.get((qname, qtype))
         if query is None:
-            query = _Query(wire.build_query(qname, qtype, 0))
+            query = _Query(
+                wire.build_query(qname, qtype, 0),
+                wire.build_query(qname, qtype, 0, edns_payload=None),
+            )
             if len(self._queries) >= _QUERY_CACHE_SIZE:
                 self._queries.clear()
             self._queries[qname, qtype] = query
@@ -333,6 +338,11 @@ class SocketTransport:
         counters = self.counters
         try:
             data, msg = await self._udp(server, query, deadline)
+            if msg.rcode == wire.RCODE_FORMERR and query.plain is not None:
+                # Old servers reject EDNS with FORMERR: ask once more without it (RFC 6891 §7).
+                counters.edns_fallbacks += 1
+                query = query.plain
+                data, msg = await self._udp(server, query, deadline)
             if msg.tc:
                 counters.truncated += 1
                 data, msg = await self._tcp(server, query, deadline)
