@@ -21,7 +21,7 @@ every peer alike), each peer a fresh process:
 The HTTP server (aiohttp.web on uvloop, one process, listening on three
 loopback addresses) runs in its own process. Run::
 
-    sudo python -m benchmarks.bench_adapters                  # 3 rounds x 5 s per peer
+    sudo python -m benchmarks.bench_adapters                  # 5 rounds x 5 s per peer
     sudo python -m benchmarks.bench_adapters --seconds 2 --rounds 1   # a quick look
 """
 
@@ -213,7 +213,7 @@ def client_process(resolv: Path, args: list[str]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per peer (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per peer (median reported)")
     parser.add_argument("--workers", type=int, default=16, help="concurrent requests")
     parser.add_argument("--ttl", type=int, default=5, help="zone TTL (CoreDNS's default: 5)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -299,16 +299,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"requests, keep-alive off, zone TTL {args.ttl} s; medians over the rounds\n"
     )
     print(
-        "| client | resolver | requests/s | p99 (ms) | DNS queries per 1,000 requests "
+        "| client | resolver | requests/s | (min-max) | p99 (ms) | DNS queries per 1,000 requests "
         "| requests/s vs default | p99 vs default |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for client in CLIENTS:
         rows = {}
         for peer in PEERS:
             runs = [r for r in results if r["client"] == client and r["peer"] == peer]
             rows[peer] = {
                 "rps": statistics.median(r["rps"] for r in runs),
+                "range": f"{min(r['rps'] for r in runs):,.0f}-{max(r['rps'] for r in runs):,.0f}",
                 "p99": statistics.median(r["p99_ms"] for r in runs),
                 "qpk": statistics.median(1000 * r["dns_queries"] / r["all_requests"] for r in runs),
                 "errors": sum(r["errors"] for r in runs),
@@ -316,7 +317,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         base = rows["default"]
         for peer, row in rows.items():
             print(
-                f"| {client} | {peer} | {row['rps']:,.0f} | {row['p99']:.2f} | {row['qpk']:.2f} "
+                f"| {client} | {peer} | {row['rps']:,.0f} | {row['range']} | {row['p99']:.2f} "
+                f"| {row['qpk']:.2f} "
                 f"| {row['rps'] / base['rps']:.2f}x | {row['p99'] / base['p99']:.2f}x |"
             )
     errors = sum(r["errors"] for r in results)

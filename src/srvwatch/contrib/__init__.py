@@ -26,6 +26,10 @@ def _host_key(host: str) -> str:
 
 
 def _is_ip(host: str) -> bool:
+    # A name ending in a letter is not an IPv4 literal, and without ":" not an IPv6 one:
+    # most hosts never pay for ipaddress's ValueError (microseconds per connection).
+    if not host[-1:].isdigit() and ":" not in host:
+        return False
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -109,7 +113,9 @@ class Targets:
         wanted = [address for address in addresses if _wanted(address, family)]
         if not wanted:
             raise LookupError(f"{host} has no address{_family_text(family)}")
-        return [(address, port) for address in self._rng.sample(wanted, len(wanted))]
+        if len(wanted) > 1:
+            wanted = self._rng.sample(wanted, len(wanted))
+        return [(address, port) for address in wanted]
 
 
 def _wanted(address: str, family: int) -> bool:
