@@ -64,9 +64,10 @@ NOT_RUN = {
     "environment; test_adapter_extras_exist checks the extras",
 }
 BENCHMARK_COMMANDS = re.compile(
-    r"^(SRVWATCH_BENCH_QUICK=1 )?python3? (-m pytest )?(-m )?benchmarks[./]"
+    r"^(sudo )?(SRVWATCH_BENCH_QUICK=1 )?python3? (-m pytest )?(-m )?benchmarks[./]"
 )
-"""benchmarks.md's commands are the benchmarks (minutes each); .ci/run runs them, quick."""
+"""benchmarks.md's commands are the benchmarks, minutes each: .ci/run runs the resolver and
+watch ones in their quick form; bench_adapters needs root and is run by hand."""
 
 
 @dataclass(frozen=True)
