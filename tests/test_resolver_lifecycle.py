@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 
@@ -157,3 +158,22 @@ async def test_thousand_resolvers_leave_nothing_behind(anyio_backend: tuple[str,
         assert open_fds() == fds
         assert running_tasks(backend) == tasks
         assert server.query_count() == 1001
+
+
+def test_a_resolver_belongs_to_the_event_loop_that_entered_it() -> None:
+    """Entered on asyncio, used from trio (or another asyncio loop): a clear error, no warning."""
+    import anyio.to_thread
+    import trio
+
+    async def use(resolver: srvwatch.Resolver) -> None:
+        with pytest.raises(RuntimeError, match="belongs to the event loop that entered it"):
+            await resolver.resolve_srv("_x._tcp.svc.test.")
+        with pytest.raises(RuntimeError, match="belongs to the event loop"):
+            await resolver.resolve("a.svc.test.", "A")
+
+    async def main() -> None:
+        async with srvwatch.Resolver(["127.0.0.1:1"]) as resolver:
+            await anyio.to_thread.run_sync(trio.run, use, resolver)
+            await anyio.to_thread.run_sync(asyncio.run, use(resolver))  # another asyncio loop
+
+    asyncio.run(main())

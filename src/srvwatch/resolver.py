@@ -231,6 +231,7 @@ class Resolver:
         if known.srv is not None and self._clock() < known.srv_until:
             self._counters.hits += 1
             return known.srv
+        self._tasks.check_caller()
         result = await self._search(known, self._assembler.srv_set)
         if not result.stale:
             known.srv, known.srv_until = result, self._clock() + self.policy.clamp_ttl(result.ttl)
@@ -246,7 +247,7 @@ class Resolver:
         if known.addresses and self._clock() < known.addresses_until:
             self._counters.hits += 1
             return known.addresses
-        self._tasks.check_open()
+        self._tasks.check_caller()
         addresses, ttl, stale = await self._search(known, self._assembler.address_set)
         if not stale:
             known.addresses = addresses
@@ -265,6 +266,7 @@ class Resolver:
         if view is not None and self._clock() < view[1]:
             self._counters.hits += 1
             return view[0]
+        self._tasks.check_caller()
 
         async def one(fqdn: str) -> Answer:
             entry, stale = await self._records.lookup(fqdn, qtype)
@@ -301,7 +303,7 @@ class Resolver:
         if qtype not in _WATCH_TYPES:
             raise ValueError(f"watch supports SRV, A and AAAA records, not {rdtype!r}")
         known = self._name(name)  # a bad name fails here, before anything starts
-        self._tasks.check_open()
+        self._tasks.check_caller()
 
         async def refresh() -> EndpointSet:
             if qtype == wire.TYPE_SRV:

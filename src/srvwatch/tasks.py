@@ -9,12 +9,14 @@ it never takes down the task group, the other tasks or the caller's block.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 __all__ = ["TaskOwner"]
 
@@ -28,6 +30,7 @@ class TaskOwner:
         self._owner = owner
         self._task_group: anyio.abc.TaskGroup | None = None
         self._scopes: set[anyio.CancelScope] = set()
+        self._loop: object = None
         self.closed = False
 
     def __len__(self) -> int:
@@ -39,6 +42,7 @@ class TaskOwner:
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
+        self._loop = _event_loop()
 
     async def close(self) -> None:
         """Cancel every task and wait for them to end."""
@@ -64,6 +68,20 @@ class TaskOwner:
                 f"use the {self._owner} as `async with srvwatch.{self._owner}(...) as ...:`"
             )
 
+    def check_caller(self) -> None:
+        """:meth:`check_open`, and the caller runs on the event loop that entered the owner.
+
+        Sockets, events and tasks belong to one event loop: used from another
+        (trio after asyncio, or a second asyncio loop), they fail with errors
+        that never say why, so this says it first.
+        """
+        self.check_open()
+        if _event_loop() != self._loop:
+            raise RuntimeError(
+                f"this {self._owner} belongs to the event loop that entered it "
+                f"({_describe(self._loop)}); it cannot be used from another one"
+            )
+
     @property
     def entered(self) -> bool:
         return self._task_group is not None
@@ -84,3 +102,17 @@ class TaskOwner:
                 log.exception("%s: a background task failed", self._owner)
             finally:
                 self._scopes.discard(scope)
+
+
+def _event_loop() -> object:
+    """The running event loop's identity: asyncio's loop object (cheap), else anyio's token."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.lowlevel.current_token()
+
+
+def _describe(loop: object) -> str:
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return f"asyncio, {type(loop).__module__}.{type(loop).__name__}"
+    return type(getattr(loop, "native_token", loop)).__module__.split(".")[0]
