@@ -26,9 +26,13 @@ class Counters:
     edns_fallbacks: int = 0
     """FORMERR answers to a query with EDNS, asked again without it."""
     timeouts: int = 0
+    fast_failures: int = 0
+    """Lookups failed at once, without a query, because every nameserver is down."""
     server_errors: int = 0
     """Answers with an rcode other than NOERROR and NXDOMAIN, or truncated over TCP."""
     network_errors: int = 0
+    unchanged_replies: int = 0
+    """Replies identical to the last one for their question but for ID and TTLs: not re-parsed."""
     ignored_responses: int = 0
     """Responses whose ID or question did not match (RFC 5452) or that were malformed."""
     lookups: int = 0

@@ -137,7 +137,9 @@ class Resolver:
             self._store, transport, self._flights, self.policy, self._counters, clock
         )
         self._assembler = Assembler(self._records, self.policy)
-        self._watches = Watches(self.policy, self._counters, clock, self._tasks.spawn)
+        self._watches = Watches(
+            self.policy, self._counters, clock, self._tasks.spawn, transport.health
+        )
         self._names: dict[str, _Name] = {}
         self._canonical: dict[tuple[str, ...], _Name] = {}
 
@@ -153,6 +155,8 @@ class Resolver:
 
     async def __aenter__(self) -> Resolver:
         await self._tasks.open()
+        if self._owns_transport:
+            self._transport.attach(self._tasks.spawn)
         return self
 
     async def __aexit__(
@@ -183,7 +187,16 @@ class Resolver:
         snapshot["loops_running"] = len(self._watches)
         snapshot["cache_entries"] = len(self._store)
         snapshot["cache_evictions"] = self._store.evictions
+        health = self._transport.health
+        snapshot["upstreams_up"] = sum(u.up for u in health.upstreams)
+        snapshot["upstreams_down"] = len(health.upstreams) - snapshot["upstreams_up"]
+        snapshot["upstream_probes"] = health.probes
+        snapshot["upstream_recoveries"] = health.recoveries
         return snapshot
+
+    def upstreams(self) -> list[dict[str, Any]]:
+        """Each nameserver's health: up, answered, failures, last error, next probe (seconds)."""
+        return self._transport.health.snapshot()
 
     def queries_by_name(self) -> dict[str, int]:
         """Upstream queries sent per absolute name (the first 10,000 names seen)."""
