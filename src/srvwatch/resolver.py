@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -56,12 +56,18 @@ class Answer:
     """The name that answered (after the search list), lowercase, absolute."""
     rdtype: str
     records: tuple[dns.rdata.Rdata, ...]
-    ttl: float
-    """The TTL the cache keeps this answer for, after clamping by the policy."""
+    expires_at: float
+    """When the cache stops trusting this answer, on the resolver's clock."""
     stale: bool = False
     """Served from the last good answer because the upstream is failing (RFC 8767)."""
     canonical_name: str = ""
     """Where the CNAME chain ended; equal to ``name`` when there was none."""
+    clock: Clock = field(default=time.monotonic, repr=False, compare=False)
+
+    @property
+    def ttl(self) -> float:
+        """Seconds this answer may still be trusted (0 once expired, as a stale answer is)."""
+        return max(self.expires_at - self.clock(), 0.0)
 
 
 class _Name:
@@ -291,7 +297,13 @@ class Resolver:
             else:
                 records = answer.values
             result = Answer(
-                fqdn, type_text(qtype), records, entry.ttl, stale, answer.canonical_name
+                fqdn,
+                type_text(qtype),
+                records,
+                entry.expires_at,
+                stale,
+                answer.canonical_name,
+                self._clock,
             )
             if not stale:
                 known.answers[qtype] = (result, entry.expires_at)
