@@ -186,6 +186,8 @@ POLICY_FIELDS = [
     "servfail_ttl",
     "stale_ttl",
     "stale_after",
+    "stale_answer_ttl",
+    "stale_refresh_interval",
     "timeout",
     "lifetime",
     "backoff_base",

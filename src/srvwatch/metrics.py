@@ -58,6 +58,22 @@ class Counters:
     loops_stopped: int = 0
     updates_emitted: int = 0
 
+    stub_requests_udp: int = 0
+    stub_requests_tcp: int = 0
+    stub_hits: int = 0
+    """Stub queries answered from the store without waiting."""
+    stub_misses: int = 0
+    stub_prefetches: int = 0
+    """Entries asked again in the last 10% of their TTL, refreshed before they expire."""
+    stub_stale_answers: int = 0
+    """Stale answers the stub gave (TTL 30 s) because upstream had not answered in time."""
+    stub_refused: int = 0
+    """Queries from clients outside ``allow``, answered REFUSED."""
+    stub_ignored: int = 0
+    """Datagrams the stub did not answer: responses, garbage, truncated headers."""
+
+    stub_responses: dict[int, int] = field(default_factory=dict)
+    """Stub replies by rcode."""
     queries_by_name: dict[str, int] = field(default_factory=dict)
     """Upstream queries per absolute name, for the first ``PER_NAME_LIMIT`` names seen."""
 

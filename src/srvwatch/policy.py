@@ -16,7 +16,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 __all__ = ["Policy"]
 
 _MAX_WIRE_TTL = 2**31 - 1
-_WIRE_TTLS = ("min_ttl", "max_ttl", "negative_min_ttl", "negative_max_ttl")
+_WIRE_TTLS = ("min_ttl", "max_ttl", "negative_min_ttl", "negative_max_ttl", "stale_answer_ttl")
 """Fields that can end up as a TTL on the wire, so they must fit one."""
 _RETRYING = AsyncRetrying()  # only to give tenacity's wait strategies a call state
 
@@ -47,6 +47,10 @@ class Policy:
     stale_after: float = 1.8
     """A watch says ``stale`` once its data has expired and no answer came within this
     (the RFC 8767 client response timer; the stub answers stale after it too)."""
+    stale_answer_ttl: float = 30.0
+    """TTL the stub gives a stale answer (RFC 8767); never 0, which restarts the storm."""
+    stale_refresh_interval: float = 30.0
+    """While the stub serves a name stale, upstream is asked for it at most this often."""
     timeout: float = 1.0
     """Per-attempt timeout for one query to one nameserver."""
     lifetime: float = 5.0
@@ -100,7 +104,7 @@ class Policy:
                 f"Policy.negative_max_ttl ({self.negative_max_ttl!r}) must be >= "
                 f"negative_min_ttl ({self.negative_min_ttl!r})"
             )
-        for name in ("servfail_ttl", "timeout", "lifetime", "backoff_base"):
+        for name in ("servfail_ttl", "stale_answer_ttl", "timeout", "lifetime", "backoff_base"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Policy.{name} must be > 0, got {getattr(self, name)!r}")
         if self.backoff_max < self.backoff_base:

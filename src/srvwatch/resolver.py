@@ -200,6 +200,22 @@ class Resolver:
         snapshot["upstream_recoveries"] = health.recoveries
         return snapshot
 
+    # -- seams for the sidecar ------------------------------------------------------
+
+    @property
+    def records(self) -> Records:
+        """The record store and its lookups, which the DNS stub answers from (shared)."""
+        return self._records
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    def spawn(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``func(*args)`` as one of the resolver's tasks (cancelled when it closes)."""
+        self._tasks.check_open()
+        self._tasks.spawn(func, *args)
+
     def upstreams(self) -> list[dict[str, Any]]:
         """Each nameserver's health: up, answered, failures, last error, next probe (seconds)."""
         return self._transport.health.snapshot()
