@@ -161,20 +161,24 @@ class Template:
             struct.pack_into(">I", buf, offset, ttl)
         return bytes(buf)
 
-    def reply(self, query: ClientQuery, body: bytes) -> bytes:
-        """The reply to ``query``: its ID, RD and CD, its question's case, OPT if it sent one."""
+    def reply(self, query: ClientQuery, body: bytes, tcp: bool = False) -> bytes:
+        """The reply to ``query``: its ID, RD and CD, its question's case, OPT if it sent one.
+
+        Over UDP a reply larger than the client takes (512 bytes without EDNS)
+        is truncated with TC set, and the client asks again over TCP.
+        """
         flags = self.flags | query.rd | query.cd
         head = query.id + struct.pack(">H", flags)
         end = self.question_end
         if not query.edns:
             data = head + self.counts + query.question + body[end:]
-            if len(data) > 512:
+            if not tcp and len(data) > 512:
                 return self._truncated(query, head, with_opt=False)
             return data
         counts = self.counts[:6] + struct.pack(">H", int.from_bytes(self.counts[6:], "big") + 1)
         opt = b"\x00" + _OPT_FIXED.pack(wire.TYPE_OPT, OUR_PAYLOAD, _DO if query.do else 0, 0)
         data = head + counts + query.question + body[end:] + opt
-        if len(data) > min(query.payload, 65535):
+        if not tcp and len(data) > query.payload:
             return self._truncated(query, head, with_opt=True)
         return data
 
