@@ -238,3 +238,106 @@ async def test_hostile_datagrams_never_stop_it(knot: KnotServer) -> None:
                     assert reply.answer, round_
         stats = s.listener.stats()
         assert stats["handler_errors"] == 0
+
+
+async def test_bad_queries_get_the_right_rcode_or_nothing(knot: KnotServer) -> None:
+    good = dns.message.make_query("real.svc.test.", "A").to_wire()
+    cases = {
+        "update opcode": (good[:2] + b"\x28\x00" + good[4:], dns.rcode.NOTIMP),
+        "question cut short": (good[:-6], dns.rcode.FORMERR),
+        "two questions": (good[:4] + b"\x00\x02" + good[6:], dns.rcode.FORMERR),
+        "trailing bytes": (good + b"\x00\x00", dns.rcode.FORMERR),
+        "AXFR over the stub": (
+            dns.message.make_query("svc.test.", "AXFR").to_wire(),
+            dns.rcode.NOTIMP,
+        ),
+    }
+    async with running_stub(knot.address()) as s:
+        sock = await anyio.create_connected_udp_socket("127.0.0.1", s.port)
+        async with sock:
+            for what, (data, rcode) in cases.items():
+                await sock.send(data)
+                with anyio.fail_after(2):
+                    reply = await sock.receive()
+                assert reply[3] & 0xF == rcode, what  # read raw: an UPDATE reply is no query
+                assert reply[:2] == data[:2], what
+                assert reply[2] & 0x80, what
+            await sock.send(good[:2] + b"\x81\x80" + good[4:])  # a response: never answered
+            with anyio.move_on_after(0.3) as silence:
+                await sock.receive()
+            assert silence.cancelled_caught
+        assert knot.query_count() == 0
+
+
+async def test_do_and_cd_queries_are_cached_apart(knot: KnotServer) -> None:
+    async with running_stub(knot.address()) as s:
+        plain = dns.message.make_query("real.svc.test.", "A")
+        with_do = dns.message.make_query("real.svc.test.", "A", want_dnssec=True)
+        with_cd = dns.message.make_query("real.svc.test.", "A")
+        with_cd.flags |= dns.flags.CD
+        before = knot.query_count()
+        for query in (plain, with_do, with_cd, plain, with_do, with_cd):
+            reply = await anyio.to_thread.run_sync(
+                lambda q=query: dns.query.udp(q, "127.0.0.1", timeout=3.0, port=s.port)
+            )
+            assert reply.answer
+            assert bool(reply.flags & dns.flags.CD) == bool(query.flags & dns.flags.CD)
+        assert knot.query_count() - before == 3  # one per key, then hits
+
+
+async def test_a_name_asked_near_expiry_is_prefetched(knot: KnotServer) -> None:
+    policy = srvwatch.Policy(min_ttl=2.0, max_ttl=2.0, jitter=0.2)
+    async with running_stub(knot.address(), policy) as s:
+        await ask(s.port, "real.svc.test.", "A")
+        await anyio.sleep(1.85)  # in the last 10% of its 2 s
+        before = knot.query_count()
+        await ask(s.port, "real.svc.test.", "A")  # a hit, and a refresh in the background
+        await anyio.sleep(0.3)
+        assert knot.query_count() - before == 1
+        assert s.resolver.stats()["stub_prefetches"] == 1
+        misses = s.resolver.stats()["stub_misses"]
+        await ask(s.port, "real.svc.test.", "A")  # past the old expiry: still a hit
+        assert s.resolver.stats()["stub_misses"] == misses
+        assert s.resolver.stats()["ttl_clamped_cap"] >= 1  # Knot's 30 s came out as 2 s
+
+
+async def test_hostile_tcp_streams_never_stop_it(knot: KnotServer) -> None:
+    good = dns.message.make_query("real.svc.test.", "A")
+    async with running_stub(knot.address()) as s:
+        s.listener.idle_timeout = 0.5
+
+        async def hostile(kind: int) -> None:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", s.port)
+                async with stream:
+                    with anyio.move_on_after(1.0):
+                        if kind == 0:
+                            await stream.send(os.urandom(300))
+                        elif kind == 1:
+                            await stream.send(b"\x00")  # half a length prefix, then nothing
+                        else:
+                            await stream.send(b"\xff\xff" + os.urandom(1000))  # 65535 promised
+                        await stream.receive()
+            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream):
+                pass  # the stub closed it: what it should do to such a client
+
+        async with anyio.create_task_group() as tg:
+            for i in range(300):
+                tg.start_soon(hostile, i % 3)
+            await anyio.sleep(0.2)
+            udp = await ask(s.port, "real.svc.test.", "A")  # UDP is never blocked by TCP
+            assert udp.answer
+            # TCP: the connection bound may be full of hostile clients for one idle timeout;
+            # a client that tries again, as resolvers do, is served.
+            with anyio.fail_after(5):
+                while True:
+                    try:
+                        reply = await anyio.to_thread.run_sync(
+                            lambda: dns.query.tcp(good, "127.0.0.1", timeout=2.0, port=s.port)
+                        )
+                        break
+                    except (OSError, EOFError):
+                        await anyio.sleep(0.1)
+            assert reply.answer
+        stats = s.listener.stats()
+        assert stats["handler_errors"] == 0

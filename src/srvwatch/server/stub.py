@@ -172,7 +172,7 @@ class Stub:
 
     # -- replies ------------------------------------------------------------------------
 
-    def _render(self, entry: Entry, query: ClientQuery, now: float, tcp: bool) -> bytes:
+    def _template(self, entry: Entry) -> Template:
         built = entry.rendered
         if built is None:
             answer = entry.answer
@@ -180,7 +180,13 @@ class Stub:
             built = entry.rendered = template(
                 answer.data, answer.msg, self._policy, negative=type(answer) is Negative
             )
+            self.counters.ttl_clamped_floor += built.clamped_floor
+            self.counters.ttl_clamped_cap += built.clamped_cap
         assert isinstance(built, Template)
+        return built
+
+    def _render(self, entry: Entry, query: ClientQuery, now: float, tcp: bool) -> bytes:
+        built = self._template(entry)
         elapsed = int(now - entry.stored_at)
         reply = built.reply(query, built.at(elapsed), tcp)
         self._count_rcode(reply)
@@ -188,12 +194,7 @@ class Stub:
 
     def _stale(self, entry: Entry, query: ClientQuery, tcp: bool) -> bytes:
         self.counters.stub_stale_answers += 1
-        built = entry.rendered
-        if built is None:
-            answer = entry.answer
-            assert answer is not None
-            built = entry.rendered = template(answer.data, answer.msg, self._policy, negative=False)
-        assert isinstance(built, Template)
+        built = self._template(entry)
         reply = built.reply(query, built.fixed(int(self._policy.stale_answer_ttl)), tcp)
         self._count_rcode(reply)
         return reply
