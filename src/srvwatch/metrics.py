@@ -71,6 +71,10 @@ class Counters:
     """Queries from clients outside ``allow``, answered REFUSED."""
     stub_ignored: int = 0
     """Datagrams the stub did not answer: responses, garbage, truncated headers."""
+    ttl_clamped_floor: int = 0
+    """Records the stub served with their upstream TTL raised to the floor."""
+    ttl_clamped_cap: int = 0
+    """Records the stub served with their upstream TTL lowered to the cap."""
 
     stub_responses: dict[int, int] = field(default_factory=dict)
     """Stub replies by rcode."""

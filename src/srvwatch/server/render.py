@@ -120,7 +120,18 @@ class Template:
     ``elapsed`` whole seconds later carries ``max(floor, ttl - elapsed)``.
     """
 
-    __slots__ = ("body", "copies", "counts", "flags", "floor", "offsets", "question_end", "ttls")
+    __slots__ = (
+        "body",
+        "clamped_cap",
+        "clamped_floor",
+        "copies",
+        "counts",
+        "flags",
+        "floor",
+        "offsets",
+        "question_end",
+        "ttls",
+    )
 
     def __init__(
         self,
@@ -141,6 +152,10 @@ class Template:
         self.question_end = question_end
         self.copies: dict[int, bytes] = {}
         """Elapsed whole seconds -> the body with its TTLs counted down (one kept)."""
+        self.clamped_floor = 0
+        """Records whose upstream TTL was raised to the floor."""
+        self.clamped_cap = 0
+        """Records whose upstream TTL was lowered to the cap."""
 
     def at(self, elapsed: int) -> bytes:
         """The body ``elapsed`` seconds after storage; made once per second, not per reply."""
@@ -161,20 +176,24 @@ class Template:
             struct.pack_into(">I", buf, offset, ttl)
         return bytes(buf)
 
-    def reply(self, query: ClientQuery, body: bytes) -> bytes:
-        """The reply to ``query``: its ID, RD and CD, its question's case, OPT if it sent one."""
+    def reply(self, query: ClientQuery, body: bytes, tcp: bool = False) -> bytes:
+        """The reply to ``query``: its ID, RD and CD, its question's case, OPT if it sent one.
+
+        Over UDP a reply larger than the client takes (512 bytes without EDNS)
+        is truncated with TC set, and the client asks again over TCP.
+        """
         flags = self.flags | query.rd | query.cd
         head = query.id + struct.pack(">H", flags)
         end = self.question_end
         if not query.edns:
             data = head + self.counts + query.question + body[end:]
-            if len(data) > 512:
+            if not tcp and len(data) > 512:
                 return self._truncated(query, head, with_opt=False)
             return data
         counts = self.counts[:6] + struct.pack(">H", int.from_bytes(self.counts[6:], "big") + 1)
         opt = b"\x00" + _OPT_FIXED.pack(wire.TYPE_OPT, OUR_PAYLOAD, _DO if query.do else 0, 0)
         data = head + counts + query.question + body[end:] + opt
-        if len(data) > min(query.payload, 65535):
+        if not tcp and len(data) > query.payload:
             return self._truncated(query, head, with_opt=True)
         return data
 
@@ -215,7 +234,11 @@ def template(data: bytes, msg: wire.Message, policy: Policy, *, negative: bool) 
     floor = max(int(low + 0.999), 1)  # whole seconds, never 0
     cap = int(high)
     offsets = [rr.ttl_offset for rr in records]
-    ttls = [min(max(rr.ttl, floor), max(cap, floor)) for rr in records]
+    cap = max(cap, floor)
+    ttls = [min(max(rr.ttl, floor), cap) for rr in records]
     counts = struct.pack(">HHHH", 1, len(msg.answers), len(msg.authority), arcount)
     flags = _QR_RA | (msg.rcode & 0xF)
-    return Template(body, offsets, ttls, floor, flags, counts, question_end)
+    result = Template(body, offsets, ttls, floor, flags, counts, question_end)
+    result.clamped_floor = sum(1 for rr in records if rr.ttl < floor)
+    result.clamped_cap = sum(1 for rr in records if rr.ttl > cap)
+    return result

@@ -97,22 +97,22 @@ class Stub:
                     counters.stub_hits += 1
                     if entry.expires_at - now < entry.ttl * _PREFETCH_FRACTION:
                         self._prefetch(key, query, data)
-                    return self._render(entry, query, now)
+                    return self._render(entry, query, now, tcp)
         counters.stub_misses += 1
-        return self._slow(query, data)
+        return self._slow(query, data, tcp)
 
     # -- misses -------------------------------------------------------------------------
 
-    async def _slow(self, query: ClientQuery, data: bytes) -> bytes | None:
+    async def _slow(self, query: ClientQuery, data: bytes, tcp: bool) -> bytes | None:
         key = self._key_of(query)
         entry = self._store.peek(key)
         now = self._clock()
         if entry is not None and entry.answer is not None and now < entry.expires_at:
-            return self._render(entry, query, now)
+            return self._render(entry, query, now, tcp)
         if entry is not None and entry.failing(now):
             # Remembered failure: stale if we have it, else SERVFAIL, without asking.
             if entry.servable_stale(now):
-                return self._stale(entry, query)
+                return self._stale(entry, query, tcp)
             return self._error(data, _SERVFAIL)
         done = self._fetch(key, query, data)
         stale_ok = entry is not None and entry.servable_stale(now)
@@ -122,12 +122,12 @@ class Stub:
         entry = self._store.peek(key)
         now = self._clock()
         if entry is not None and entry.answer is not None and now < entry.expires_at:
-            return self._render(entry, query, now)
+            return self._render(entry, query, now, tcp)
         if entry is not None and entry.servable_stale(now):
             if entry.failure is not None:  # recheck upstream for it at most every 30 s
                 until = max(entry.failure.until, now + self._policy.stale_refresh_interval)
                 entry.failure = dataclasses.replace(entry.failure, until=until)
-            return self._stale(entry, query)
+            return self._stale(entry, query, tcp)
         return self._error(data, _SERVFAIL)
 
     def _fetch(self, key: tuple[Any, ...], query: ClientQuery, data: bytes) -> anyio.Event:
@@ -172,7 +172,7 @@ class Stub:
 
     # -- replies ------------------------------------------------------------------------
 
-    def _render(self, entry: Entry, query: ClientQuery, now: float) -> bytes:
+    def _template(self, entry: Entry) -> Template:
         built = entry.rendered
         if built is None:
             answer = entry.answer
@@ -180,21 +180,22 @@ class Stub:
             built = entry.rendered = template(
                 answer.data, answer.msg, self._policy, negative=type(answer) is Negative
             )
+            self.counters.ttl_clamped_floor += built.clamped_floor
+            self.counters.ttl_clamped_cap += built.clamped_cap
         assert isinstance(built, Template)
+        return built
+
+    def _render(self, entry: Entry, query: ClientQuery, now: float, tcp: bool) -> bytes:
+        built = self._template(entry)
         elapsed = int(now - entry.stored_at)
-        reply = built.reply(query, built.at(elapsed))
+        reply = built.reply(query, built.at(elapsed), tcp)
         self._count_rcode(reply)
         return reply
 
-    def _stale(self, entry: Entry, query: ClientQuery) -> bytes:
+    def _stale(self, entry: Entry, query: ClientQuery, tcp: bool) -> bytes:
         self.counters.stub_stale_answers += 1
-        built = entry.rendered
-        if built is None:
-            answer = entry.answer
-            assert answer is not None
-            built = entry.rendered = template(answer.data, answer.msg, self._policy, negative=False)
-        assert isinstance(built, Template)
-        reply = built.reply(query, built.fixed(int(self._policy.stale_answer_ttl)))
+        built = self._template(entry)
+        reply = built.reply(query, built.fixed(int(self._policy.stale_answer_ttl)), tcp)
         self._count_rcode(reply)
         return reply
 
