@@ -120,15 +120,24 @@ def _hits(hits: dict[str, Any]) -> str:
                 ],
             )
         )
-    pairs = [
-        ("srvwatch (uvloop)", "minimal Python stub (uvloop)"),
-        ("srvwatch (asyncio)", "minimal Python stub (asyncio)"),
-    ]
     notes = []
-    for ours, floor in pairs:
-        if ours in summary and floor in summary:
-            q = summary[ours]["qps_median"] / summary[floor]["qps_median"]
-            notes.append(f"- {ours} / {floor}: {q:.2f}x the queries per second")
+    for ours in ("uvloop", "asyncio", "trio"):
+        mine = summary.get(f"srvwatch ({ours})")
+        if mine is None:
+            continue
+        for name, row in summary.items():
+            if name.startswith(f"minimal Python stub ({ours},"):
+                q = mine["qps_median"] / row["qps_median"]
+                cpu_mine, cpu_floor = (
+                    mine["cpu_us_per_query_median"],
+                    row["cpu_us_per_query_median"],
+                )
+                cpu = (
+                    f", {cpu_mine / cpu_floor:.2f}x its CPU per query"
+                    if cpu_mine and cpu_floor
+                    else ""
+                )
+                notes.append(f"- srvwatch ({ours}) / {name}: {q:.2f}x the queries per second{cpu}")
     notes += _skipped(hits)
     if notes:
         out.append("\n" + "\n".join(notes) + "\n")
