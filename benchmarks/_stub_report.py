@@ -160,7 +160,9 @@ def _storm(storm: dict[str, Any]) -> str:
                 f"{run['knot_queries']:,}",
                 num(run["upstream_qps"]),
                 num(per_floor),
-                f"{run['knot_queries'] / run['completed']:.2%}" if run["completed"] else "-",
+                num(run["completed"] / run["knot_queries"]) if run["knot_queries"] else "-",
+                ", ".join(f"{code} {n:,}" for code, n in run["rcodes"].items()),
+                f"{run['lost']:,}",
             ]
         )
     out.append(
@@ -172,7 +174,9 @@ def _storm(storm: dict[str, Any]) -> str:
                 "queries at Knot",
                 "upstream queries/s",
                 f"per {storm['floor_s']:g} s floor",
-                "share passed upstream",
+                "client answers per upstream query",
+                "answers to clients",
+                "lost",
             ],
             rows,
         )
