@@ -93,7 +93,7 @@ def _hits(hits: dict[str, Any]) -> str:
                 "vs dnsmasq",
                 "p50 ms",
                 "p99 ms",
-                "server CPU us/query",
+                "server CPU µs/query",
                 "CPU/query: dnsmasq's / peer's",
                 "server CPU s/s",
                 "dnsperf CPU s/s",
