@@ -1206,3 +1206,51 @@ def test_legitimate_large_messages_parse_as_before(build: Callable[[], bytes]) -
     data = build()
     msg = check_against_dnspython(data)
     check_names_cache(data, msg)
+
+
+# ---------------------------------------------------------------------------
+# truncated questions (issue 10)
+# ---------------------------------------------------------------------------
+
+TRUNCATED_QUERIES = [
+    _header(1) + b"\x00",  # the root name, then nothing: type and class were read from the header
+    _header(1) + b"\x00\x00\x21",  # half of the fixed part
+    _header(1) + QUESTION[:-4],  # a whole name, no type or class
+    _header(1) + QUESTION[:-1],
+]
+
+
+TRUNCATED_IDS = ["root name only", "half the fixed part", "name only", "one byte short"]
+
+
+@pytest.mark.parametrize("query", TRUNCATED_QUERIES, ids=TRUNCATED_IDS)
+def test_question_of_rejects_a_question_without_type_and_class(query: bytes) -> None:
+    with pytest.raises(WireError, match="question is truncated"):
+        wire.question_of(query)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"", _header(1)[:11], _header(0), _header(2) + QUESTION * 2],
+    ids=["empty", "short header", "no question", "two questions"],
+)
+def test_question_of_needs_one_question(query: bytes) -> None:
+    with pytest.raises(WireError):
+        wire.question_of(query)
+
+
+def test_question_of_root_query() -> None:
+    query = _header(1) + b"\x00" + struct.pack(">HH", wire.TYPE_SOA, 1)
+    assert wire.question_of(query) == (query[12:], ".")
+    response = bytearray(query)
+    struct.pack_into(">H", response, 2, 0x8180)
+    assert wire.parse(bytes(response), wire.question_of(query)).qtype == wire.TYPE_SOA
+
+
+@pytest.mark.parametrize("query", TRUNCATED_QUERIES, ids=TRUNCATED_IDS)
+def test_question_key_and_make_response_reject_truncated_questions(query: bytes) -> None:
+    with pytest.raises(WireError, match="question is truncated"):
+        wire.question_key(query)
+    response = wire.make_response(query, wire.RCODE_SERVFAIL)
+    assert wire.parse(response).rcode == wire.RCODE_FORMERR
+    assert len(response) == 12  # nothing echoed: there is no whole question to echo

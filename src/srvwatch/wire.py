@@ -513,8 +513,19 @@ def _read_srv_target(buf: bytes, start: int, end: int, cache: NameCache) -> bool
 
 
 def question_of(query: bytes) -> tuple[bytes, str]:
-    """The question section of a query built here, and its name: :func:`parse`'s ``asked``."""
+    """The question section of a query, and its name: :func:`parse`'s ``asked``.
+
+    A question without its type and class is an error: parse() would otherwise take
+    them from the bytes before the name (the header, for a query ending at the root).
+    """
+    if len(query) < _HEADER_LEN:
+        raise WireError(f"query is {len(query)} bytes, shorter than the 12-byte header")
+    qdcount = _U16.unpack_from(query, 4)[0]
+    if qdcount != 1:
+        raise WireError(f"query has {qdcount} questions, expected exactly 1")
     name, end = _read_name(query, _HEADER_LEN)
+    if end + 4 > len(query):
+        raise WireError("question is truncated: no type and class")
     return query[_HEADER_LEN : end + 4], name
 
 
