@@ -8,17 +8,24 @@ resource record's TTL and RDATA sit and decodes only the few types srvwatch uses
 The bytes come from the network and may be hostile: the only exception a parse or
 decode function raises is :class:`WireError`. Compression pointers must point
 strictly backwards (so a walk always terminates), never into the header, and names
-are limited to 255 octets once expanded.
+are limited to 255 octets once expanded. A parse reads each byte through pointers at
+most once, so its cost follows the message's size, whatever the pointers.
+
+TTLs are patched in place (cached answers are served that way), which is only safe
+where no compression pointer leads into a TTL field: :func:`patchable` checks that,
+and :func:`make_patchable` re-encodes the rare message that fails.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
+import dns.message
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
@@ -65,9 +72,11 @@ __all__ = [
     "decode_soa",
     "decode_srv",
     "encode_name",
+    "make_patchable",
     "make_response",
     "parse",
     "patch_id",
+    "patchable",
     "question_key",
     "question_of",
     "read_name",
@@ -180,7 +189,11 @@ class Message:
     additional: tuple[Record, ...]
     edns_payload: int | None
     names: NameCache = field(default_factory=dict, compare=False, repr=False)
-    """The names read while parsing, by offset; lets :func:`decode_srv` skip a second walk."""
+    """The names read while parsing, by offset; lets :func:`decode_srv` skip a second walk.
+
+    Also every offset a compression pointer led to: :func:`patchable` checks these."""
+    patch_safe: bool | None = field(default=None, compare=False, repr=False)
+    """:func:`patchable`'s verdict once it has looked (None before): TTL patches check it."""
 
     @property
     def qr(self) -> bool:
@@ -633,6 +646,7 @@ def parse(data: _BytesLike, asked: tuple[bytes, str] | None = None) -> Message:
             # A failed walk caches nothing, so only a few are tried per message.
             if (
                 rdtype == TYPE_SRV
+                and rdclass == CLASS_IN
                 and rdlen > 6
                 and bad_targets < _MAX_BAD_TARGETS
                 and not _read_srv_target(buf, rdata + 6, pos, names)
@@ -920,21 +934,183 @@ def _check_ttl(what: str, value: int) -> None:
         raise ValueError(f"{what} {value!r} is outside 0..{_MAX_TTL}")
 
 
+# Where RDATA holds names that readers decompress: the types dnspython reads names in
+# (clients such as glibc and c-ares read fewer). A step is a number of fixed octets to
+# skip, _NAME or _STRING (a length-prefixed character-string). HIP, IPSECKEY and
+# AMTRELAY, whose names depend on earlier fields, are in _walk_rdata_names.
+_NAME = -1
+_STRING = -2
+_NAMES_ANY_CLASS: dict[int, tuple[int, ...]] = {
+    TYPE_NS: (_NAME,),
+    TYPE_CNAME: (_NAME,),
+    TYPE_PTR: (_NAME,),
+    39: (_NAME,),  # DNAME
+    47: (_NAME,),  # NSEC
+    249: (_NAME,),  # TKEY
+    250: (_NAME,),  # TSIG
+    TYPE_SOA: (_NAME, _NAME),
+    17: (_NAME, _NAME),  # RP
+    15: (2, _NAME),  # MX
+    18: (2, _NAME),  # AFSDB
+    21: (2, _NAME),  # RT
+    107: (2, _NAME),  # LP
+    24: (18, _NAME),  # SIG
+    46: (18, _NAME),  # RRSIG
+    66: (5, _NAME),  # DSYNC
+}
+_NAMES_IN: dict[int, tuple[int, ...]] = {
+    TYPE_SRV: (6, _NAME),
+    23: (_NAME,),  # NSAP-PTR
+    26: (2, _NAME, _NAME),  # PX
+    35: (4, _STRING, _STRING, _STRING, _NAME),  # NAPTR
+    36: (2, _NAME),  # KX
+    64: (2, _NAME),  # SVCB
+    65: (2, _NAME),  # HTTPS
+}
+_CLASS_CH = 3
+_TYPE_HIP = 55
+_TYPE_IPSECKEY = 45
+_TYPE_AMTRELAY = 260
+
+
+def _rdata_name(buf: bytes, pos: int, end: int, names: NameCache) -> int:
+    """Read the RDATA name at ``pos`` into ``names`` (it must not leave the RDATA); its end."""
+    if pos >= end:
+        raise WireError(f"name at offset {pos} lies past the end of its rdata")
+    known = names.get(pos)
+    if known is not None and known[3] <= end:
+        return known[3]
+    return _read_name(buf, pos, names, end)[1]
+
+
+def _walk_rdata_names(buf: bytes, rr: Record, names: NameCache) -> None:
+    """Read every name in ``rr``'s RDATA into ``names``, so its pointers are known."""
+    start = rr.rdata_offset
+    end = start + rr.rdata_length
+    if start == end:
+        return
+    rdtype = rr.rdtype
+    layout = _NAMES_ANY_CLASS.get(rdtype)
+    if layout is None:
+        if rr.rdclass == CLASS_IN:
+            layout = _NAMES_IN.get(rdtype)
+        elif rr.rdclass == _CLASS_CH and rdtype == TYPE_A:
+            layout = (_NAME,)
+    if layout is not None:
+        pos = start
+        for step in layout:
+            if step >= 0:
+                pos += step
+            elif step == _STRING:
+                pos += 1 + buf[pos] if pos < end else 1
+            else:
+                pos = _rdata_name(buf, pos, end, names)
+            if pos > end:
+                raise WireError(f"type {rdtype} rdata at offset {start} is too short")
+    elif rdtype == _TYPE_HIP and end - start >= 4:
+        pos = start + 4 + buf[start] + _U16.unpack_from(buf, start + 2)[0]
+        while pos < end:
+            pos = _rdata_name(buf, pos, end, names)
+    elif rdtype == _TYPE_IPSECKEY and rr.rdclass == CLASS_IN and end - start > 3:
+        if buf[start + 1] == 3:
+            _rdata_name(buf, start + 3, end, names)
+    elif rdtype == _TYPE_AMTRELAY and end - start > 2 and buf[start + 1] & 0x7F == 3:
+        _rdata_name(buf, start + 2, end, names)
+
+
+def patchable(data: _BytesLike, msg: Message) -> bool:
+    """Whether TTLs can be patched in ``data`` (the bytes ``msg`` was parsed from) in place.
+
+    Not when a compression pointer (in an owner, the question or the RDATA of a type
+    whose names readers decompress) leads into a record's TTL field, or to labels
+    that run over one: a patch would change that name. The verdict is kept in
+    ``msg.patch_safe``; a malformed RDATA name counts as unsafe.
+    """
+    safe = msg.patch_safe
+    if safe is not None:
+        return safe
+    buf = _as_bytes(data)
+    records = (*msg.answers, *msg.authority, *msg.additional)
+    names = msg.names
+    safe = True
+    try:
+        for rr in records:
+            _walk_rdata_names(buf, rr, names)
+    except WireError:
+        safe = False
+    if safe and records:
+        # Each cached name's first segment, [offset, end), must miss every TTL's 4 octets.
+        # Every segment read through a pointer starts at an offset the cache holds.
+        ttls = sorted(rr.ttl_offset for rr in records)
+        last = len(ttls)
+        for offset, entry in names.items():
+            i = bisect.bisect_left(ttls, offset - 3)
+            if i < last and ttls[i] < entry[3]:
+                safe = False
+                break
+    object.__setattr__(msg, "patch_safe", safe)
+    return safe
+
+
+def make_patchable(data: _BytesLike, msg: Message | None = None) -> tuple[bytes, Message]:
+    """``data`` and its parse, re-encoded once if TTLs cannot be patched in place.
+
+    The common case costs one :func:`patchable` check and returns ``data`` itself.
+    Otherwise dnspython renders the message anew (records in order, names compressed
+    only against names), so a stored message can always be patched. ``msg`` is the
+    parse of ``data``, when the caller has it.
+    """
+    buf = _as_bytes(data)
+    if msg is None:
+        msg = parse(buf)
+    if patchable(buf, msg):
+        return buf, msg
+    try:
+        ref = dns.message.from_wire(buf, one_rr_per_rrset=True, ignore_trailing=True)
+        again = ref.to_wire()
+    except Exception as exc:  # dnspython raises many types; callers need exactly one
+        raise WireError(f"message with pointers into TTLs cannot be re-encoded: {exc!r}") from exc
+    fixed = parse(again)
+    if not patchable(again, fixed):
+        raise WireError("re-encoded message still has pointers into TTL fields")
+    return again, fixed
+
+
+def _require_patchable(buf: bytearray, msg: Message) -> None:
+    if not patchable(buf, msg):
+        raise ValueError(
+            "compression pointers lead into this message's TTL fields, so patching "
+            "them would change names: patch the bytes make_patchable() returns"
+        )
+
+
 def rewrite_ttls(buf: bytearray, msg: Message, ttl: int) -> None:
-    """Set every record's TTL (never the OPT record's, which holds EDNS flags) in place."""
+    """Set every record's TTL (never the OPT record's, which holds EDNS flags) in place.
+
+    ValueError if the message is not :func:`patchable`, rather than corrupt a name.
+    """
     _check_ttl("ttl", ttl)
+    offsets = _ttl_offsets(buf, msg)
+    if msg.patch_safe is not True:
+        _require_patchable(buf, msg)
     pack = _U32.pack_into
-    for offset in _ttl_offsets(buf, msg):
+    for offset in offsets:
         pack(buf, offset, ttl)
 
 
 def age_ttls(buf: bytearray, msg: Message, elapsed: int, floor: int = 0) -> None:
-    """Count every record's TTL down by ``elapsed`` seconds, never below ``floor``."""
+    """Count every record's TTL down by ``elapsed`` seconds, never below ``floor``.
+
+    ValueError if the message is not :func:`patchable`, rather than corrupt a name.
+    """
     _check_ttl("elapsed", elapsed)
     _check_ttl("floor", floor)
+    offsets = _ttl_offsets(buf, msg)
+    if msg.patch_safe is not True:
+        _require_patchable(buf, msg)
     unpack = _U32.unpack_from
     pack = _U32.pack_into
-    for offset in _ttl_offsets(buf, msg):
+    for offset in offsets:
         current = unpack(buf, offset)[0]
         if current > _MAX_TTL:
             current = 0
