@@ -14,7 +14,6 @@ the spawn, and counting only SRV, A and AAAA leaves the fixture's SOA probes out
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from tests.dns_servers import KnotServer, free_port
 from benchmarks._harness import percentile
 from benchmarks._outage_report import render_markdown
 from benchmarks._watch import ENFORCE_TARGETS, RESULTS_DIR, _machine
+from benchmarks.baseline import base_revision
 
 COUNTED_TYPES = ("SRV", "A", "AAAA")
 """What the benchmarks' clients ask; SOA is the fixture's readiness probe."""
@@ -166,49 +166,6 @@ class KnotCounter:
 # --------------------------------------------------------------------------- series
 
 
-def count_at(points: Sequence[tuple[float, float]], when: float) -> float:
-    """The cumulative count at ``when``, interpolated linearly between samples."""
-    if not points:
-        return 0.0
-    if when <= points[0][0]:
-        return points[0][1]
-    for (t0, c0), (t1, c1) in itertools.pairwise(points):
-        if t0 <= when <= t1:
-            return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
-    return points[-1][1]
-
-
-def peak_rate(
-    points: Sequence[tuple[float, float]], start: float, end: float, window: float = 1.0
-) -> float:
-    """Highest rate over any span of at least ``window`` s between samples in [start, end].
-
-    Spans are sample to sample, so a burst is caught whole however it falls
-    against the sampling clock; with 0.5 s samples a span is two intervals.
-    """
-    inside = [(t, c) for t, c in points if start - 1e-9 <= t <= end + 1e-9]
-    best = 0.0
-    j = 0
-    for i, (t0, c0) in enumerate(inside):
-        j = max(j, i + 1)
-        while j < len(inside) and inside[j][0] - t0 < window * 0.95:
-            j += 1
-        if j >= len(inside):
-            break
-        t1, c1 = inside[j]
-        best = max(best, (c1 - c0) / (t1 - t0))
-    return best
-
-
-def rates(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """[(interval end, queries per second over the interval)] between consecutive samples."""
-    out = []
-    for (t0, c0), (t1, c1) in itertools.pairwise(points):
-        if t1 - t0 > 0.05:
-            out.append((t1, (c1 - c0) / (t1 - t0)))
-    return out
-
-
 def spread(values: Sequence[float]) -> dict[str, float | int]:
     """Median, p99 and max of ``values`` (seconds), and how many there were."""
     ordered = sorted(values)
@@ -257,10 +214,16 @@ def machine() -> dict[str, Any]:
     info = _machine()
     info.pop("event_loop", None)
     root = Path(__file__).resolve().parent.parent
+    # The code under test is src/: the last commit that touched it names it.
     head = subprocess.run(
-        ["git", "log", "-1", "--format=%h %s"], cwd=root, capture_output=True, text=True
+        ["git", "log", "-1", "--format=%h %s", "--", "src"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
     info["commit"] = head[:100]
+    info["base"] = base_revision()
     info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     return info
 

@@ -42,7 +42,9 @@ def _ratio(a: float | None, b: float | None) -> str:
     if b == 0:
         return "1x" if a == 0 else "inf"
     ratio = a / b
-    return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.2g}x"
+    if ratio >= 10:
+        return f"{ratio:,.0f}x"
+    return f"{ratio:.2f}x"
 
 
 # One row of the outage table: label, the cell of a run, the number ratios are taken of

@@ -53,15 +53,9 @@ from tests.dns_servers import KnotServer
 
 import srvwatch
 from benchmarks._harness import QUICK
-from benchmarks._outage import (
-    Issue9Results,
-    KnotCounter,
-    count_at,
-    peak_rate,
-    spread,
-    start_knot,
-)
+from benchmarks._outage import Issue9Results, KnotCounter, spread, start_knot
 from benchmarks._outage_report import render_markdown
+from benchmarks._series import count_at, peak_rate
 from benchmarks.baseline import BASE_LABEL, load_base
 
 pytestmark = pytest.mark.timeout(1800)
