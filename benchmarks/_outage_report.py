@@ -47,6 +47,14 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{ratio:.2f}x"
 
 
+def first_query_after_restart(run: Run) -> float:
+    """Seconds from the restart to the first sample in which Knot had counted a query."""
+    back = run["phases_s"]["back"]
+    knot = [(t, c) for t, c in run["knot_series"]]
+    at_back = next((c for t, c in knot if t >= back - 1e-3), math.nan)
+    return next((t - back for t, c in knot if t > back + 1e-3 and c > at_back), math.nan)
+
+
 # One row of the outage table: label, the cell of a run, the number ratios are taken of
 # (None: no ratio for that row).
 Row = tuple[str, Callable[[Run], str], Callable[[Run], float] | None]
@@ -105,12 +113,17 @@ def _outage_rows(timeline: dict[str, float]) -> list[Row]:
             lambda r: r["recovery_peak_ratio"],
         ),
         (
+            "recovery: first query at the restarted Knot after (s, per 0.5 s sample)",
+            lambda r: _s(first_query_after_restart(r)),
+            None,
+        ),
+        (
             "fresh again after the restart, p50 / all (s)",
             fresh,
             lambda r: r["fresh_after_restart_s"]["max"],
         ),
         (
-            f"recovery ({timeline['recovery']:g} s): queries at Knot",
+            f"recovery: queries at Knot in the first {timeline['recovery']:g} s",
             lambda r: f"{r['recovery_queries_knot']:,.0f}",
             lambda r: r["recovery_queries_knot"],
         ),
