@@ -239,6 +239,7 @@ async def _naive_watch(
     """Ask; sleep the TTL (at least 5 s); ask again. A failure is retried after 1 s."""
     name = srv_name(i)
     target, port, _ = endpoint(i)
+    failing = False  # a run of failures is one "stale" event, as a flag would be
     while True:
         counts.calls += 1
         try:
@@ -247,7 +248,9 @@ async def _naive_watch(
         except dns.exception.DNSException as exc:
             counts.failures += 1
             counts.timeouts += isinstance(exc, dns.exception.Timeout)
-            track.saw(i, True, True)
+            if not failing:
+                track.saw(i, True, True)
+                failing = True
             await anyio.sleep(NAIVE_RETRY_S)
             continue
         counts.answers += 1
@@ -255,6 +258,7 @@ async def _naive_watch(
         assert rrset is not None
         got = [(r.target.to_text(), r.port) for r in rrset]
         track.saw(i, False, got == [(target, port)], got)
+        failing = False
         await anyio.sleep(max(rrset.ttl, NAIVE_FLOOR_S))
 
 
