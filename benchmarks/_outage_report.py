@@ -184,6 +184,9 @@ def cpu_summary(cpu: dict[str, Any]) -> dict[str, dict[str, float]]:
             "refreshes_per_s": statistics.median(r["refreshes_per_s"] for r in runs),
             "queries_per_refresh": statistics.median(r["queries_per_refresh"] for r in runs),
             "sys_share": statistics.median(r["sys_s"] / r["cpu_s"] for r in runs if r["cpu_s"]),
+            "stale_updates": sum(r.get("stale_updates_in_window", 0) for r in runs),
+            "timeouts": sum(r["timeouts"] for r in runs),
+            "load": max(max(r["loadavg"]) for r in runs),
         }
     return summary
 
@@ -201,7 +204,8 @@ def render_cpu(cpu: dict[str, Any]) -> str:
         f"\n### Steady-state CPU: {cpu['names']:,} watched SRV names at the 5 s floor\n\n"
         f"Process CPU time over a {cpu['window_s']:g} s window after {cpu['warmup_s']:g} s of "
         f"warm-up; median of {rounds} round(s), range in brackets. A refresh is one SRV "
-        "query at Knot; queries per refresh add the targets' A/AAAA queries.\n\n"
+        "query at Knot; queries per refresh add the targets' A/AAAA queries. Timeouts and stale "
+        "updates are summed over the rounds' windows: a refresh that falls behind.\n\n"
     ]
     rows = []
     for key, s in summary.items():
@@ -215,6 +219,8 @@ def render_cpu(cpu: dict[str, Any]) -> str:
                 f"{s['refreshes_per_s']:,.0f}",
                 f"{s['queries_per_refresh']:.2f}",
                 f"{s['sys_share'] * 100:.0f}%",
+                f"{s['timeouts']:,} / {s['stale_updates']:,}",
+                f"{s['load']:.1f}",
             ]
         )
     out.append(
@@ -227,6 +233,8 @@ def render_cpu(cpu: dict[str, Any]) -> str:
                 "refreshes/s",
                 "queries per refresh",
                 "of which kernel (sys)",
+                "timeouts / stale updates",
+                "load average (max)",
             ],
             rows,
         )
