@@ -226,3 +226,19 @@ def test_watch_state_ignores_ttl_only_changes() -> None:
     assert not state.on_answer(endpoints(ttl=7.0), now=8.0).changed
     assert state.on_answer(endpoints(ttl=7.0, port=81), now=16.0).changed
     assert state.version == 2
+
+
+async def test_answer_ttl_is_the_time_remaining() -> None:
+    t, clock = upstream(), FakeClock()
+    async with resolver(t, clock) as r:
+        first = await r.resolve("a.svc.test.", "A")
+        assert first.ttl == 30.0
+        clock.now += 12
+        again = await r.resolve("a.svc.test.", "A")  # a hit
+        assert again.ttl == 18.0
+        assert first.ttl == 18.0
+        clock.now += 20
+        t.fail("timeout")
+        stale = await r.resolve("a.svc.test.", "A")
+        assert stale.stale
+        assert stale.ttl == 0.0  # expired: served only because the upstream fails

@@ -64,14 +64,14 @@ def test_refresh_is_jittered_below_expiry() -> None:
     assert Policy(jitter=0).refresh_delay(10.0) == 10.0
 
 
-def test_backoff_grows_is_jittered_and_capped() -> None:
+def test_backoff_grows_with_full_jitter_and_is_capped() -> None:
+    """The delay is drawn from [base / 2, step]: spread over the whole step, never near zero."""
     p = Policy(backoff_base=1.0, backoff_max=30.0)
-    for failures, (low, high) in {1: (0.5, 1.0), 2: (1.0, 2.0), 5: (8.0, 16.0)}.items():
-        delays = [p.backoff_delay(failures) for _ in range(500)]
-        assert all(low <= d <= high for d in delays)
-        assert max(delays) - min(delays) > (high - low) / 2  # really jittered
-    for failures in (6, 50, 10**6):
-        assert all(15.0 <= p.backoff_delay(failures) <= 30.0 for _ in range(200))
+    for failures, high in {1: 1.0, 2: 2.0, 5: 16.0, 6: 30.0, 50: 30.0, 10**6: 30.0}.items():
+        delays = [p.backoff_delay(failures) for _ in range(2000)]
+        assert all(0.5 <= d <= high for d in delays)
+        assert max(delays) - min(delays) > (high - 0.5) * 0.9  # spread over the whole step
+        assert abs(sum(delays) / len(delays) - (0.5 + high) / 2) < (high - 0.5) * 0.05 + 0.01
     assert p.backoff_delay(0) >= 0.5  # never zero, whatever the caller passes
 
 
@@ -79,7 +79,7 @@ _MSG = wire.parse(wire.build_query("a.svc.test.", wire.TYPE_A, 0))
 
 
 def positive(value: str = "10.0.0.1") -> Positive:
-    return Positive(b"", _MSG, (), (value,), "a.svc.test.", 30, {}, "192.0.2.1:53")
+    return Positive(b"", _MSG, (), (value,), "a.svc.test.", 30, {}, float("inf"), "192.0.2.1:53")
 
 
 def negative() -> Negative:
@@ -185,11 +185,15 @@ POLICY_FIELDS = [
     "negative_max_ttl",
     "servfail_ttl",
     "stale_ttl",
+    "stale_after",
+    "stale_answer_ttl",
+    "stale_refresh_interval",
     "timeout",
     "lifetime",
     "backoff_base",
     "backoff_max",
     "cache_size",
+    "max_srv_targets",
 ]
 
 

@@ -32,17 +32,29 @@ def targets(eps: srvwatch.EndpointSet) -> set[str]:
     return {e.target for e in eps}
 
 
-async def test_timeout_raises_resolve_timeout_within_the_lifetime() -> None:
-    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=FAST) as r:
+async def test_a_timeout_marks_the_server_down_and_lookups_fail_fast() -> None:
+    """One timeout marks the only nameserver down: no retries into it, no doomed waits."""
+    policy = srvwatch.Policy(timeout=0.1, lifetime=0.4, backoff_base=0.3, backoff_max=0.3)
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=policy) as r:
         server.inject(Fault(drop=True))
         started = time.monotonic()
-        with pytest.raises(srvwatch.ResolveTimeout, match="no answer within"):
+        with pytest.raises(srvwatch.ResolveTimeout, match="timed out"):
             await r.resolve_srv(SRV)
-        elapsed = time.monotonic() - started
-        assert 0.35 <= elapsed < 1.0
-        assert r.stats()["timeouts"] >= 3
-        # Retries are bounded: the lifetime allows at most lifetime / timeout attempts.
-        assert server.query_count() <= 4
+        assert time.monotonic() - started < 0.3  # one attempt, not the whole lifetime
+        assert server.query_count() == 1
+        started = time.monotonic()
+        with pytest.raises(srvwatch.ResolveTimeout, match="upstream down"):
+            await r.resolve("host.svc.test.", "A")
+        assert time.monotonic() - started < 0.05  # failed fast: nothing sent
+        assert server.query_count() == 1
+        assert r.upstreams()[0]["up"] is False
+        assert r.stats()["fast_failures"] == 1
+        server.clear_faults()
+        await anyio.sleep(0.31)  # the probe is due (backoff 0.15-0.3 s)
+        answer = await r.resolve("host.svc.test.", "A")  # the probe answers: up again
+        assert [rd.to_text() for rd in answer.records] == ["10.0.0.9"]
+        assert r.upstreams()[0]["up"] is True
+        assert r.stats()["upstream_recoveries"] == 1
 
 
 async def test_servfail_raises_and_is_remembered() -> None:
@@ -125,7 +137,13 @@ async def test_closed_port_fails_over_at_once() -> None:
 
 async def test_stale_answer_served_when_upstream_fails() -> None:
     policy = srvwatch.Policy(
-        timeout=0.05, lifetime=0.15, min_ttl=0.05, max_ttl=0.05, servfail_ttl=0.05
+        timeout=0.05,
+        lifetime=0.15,
+        min_ttl=0.05,
+        max_ttl=0.05,
+        servfail_ttl=0.05,
+        backoff_base=0.05,
+        backoff_max=0.05,
     )
     async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=policy) as r:
         fresh = await r.resolve_srv(SRV)
@@ -137,7 +155,7 @@ async def test_stale_answer_served_when_upstream_fails() -> None:
         assert targets(stale) == targets(fresh)
         assert r.stats()["stale"] >= 1
         server.clear_faults()
-        await anyio.sleep(0.06)
+        await anyio.sleep(0.06)  # past the probe backoff (at most 0.05 s)
         recovered = await r.resolve_srv(SRV)
         assert not recovered.stale
         assert targets(recovered) == targets(fresh)
@@ -276,4 +294,5 @@ async def test_failover_walks_the_nameservers_in_order() -> None:
             server.inject(Fault(rcode="SERVFAIL"))
         with pytest.raises(srvwatch.ServerFailure):
             await r.resolve("host.svc.test", "A")
-        assert (first.query_count(), second.query_count(), third.query_count()) == (2, 2, 2)
+        # The second timed out above, so it is down: no lookup sends to it until its probe.
+        assert (first.query_count(), second.query_count(), third.query_count()) == (2, 1, 2)

@@ -8,7 +8,7 @@ when DNS fails, and streams endpoint changes.
 from __future__ import annotations
 
 from .endpoints import Endpoint, EndpointSet, Update
-from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
+from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure, UpstreamDown
 from .policy import Policy
 from .resolver import Answer, Resolver, watch
 from .watch import Updates
@@ -26,6 +26,7 @@ __all__ = [
     "ServerFailure",
     "Update",
     "Updates",
+    "UpstreamDown",
     "watch",
 ]
 

@@ -54,7 +54,16 @@ class Entry:
     (built once, dropped with the entry).
     """
 
-    __slots__ = ("answer", "expires_at", "failure", "stale_until", "stored_at", "ttl", "view")
+    __slots__ = (
+        "answer",
+        "expires_at",
+        "failure",
+        "rendered",
+        "stale_until",
+        "stored_at",
+        "ttl",
+        "view",
+    )
 
     def __init__(
         self,
@@ -71,6 +80,8 @@ class Entry:
         self.stale_until = stale_until
         self.failure: Failure | None = None
         self.view: Any = None
+        self.rendered: Any = None
+        """The DNS stub's reply template and its per-second copies (see server/stub.py)."""
 
     def fresh(self, now: float) -> bool:
         return self.answer is not None and now < self.expires_at

@@ -182,12 +182,52 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("-n", "--nameserver", action="append", help="as for resolve")
     watch.add_argument("--timeout", type=float, default=1.0, help="per attempt, seconds")
     watch.add_argument("--lifetime", type=float, default=5.0, help="per lookup, seconds")
+    serve = commands.add_parser(
+        "serve", help="run the DNS stub: point any client's resolver at it (until SIGTERM)"
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        help="HOST:PORT, [V6]:PORT, :PORT or localhost:PORT (repeatable; default 127.0.0.1:5353)",
+    )
+    serve.add_argument(
+        "--upstream", action="append", help="as -n for resolve (default: /etc/resolv.conf)"
+    )
+    serve.add_argument("--allow", action="append", help="client networks (default: loopback)")
+    serve.add_argument("--watch", action="append", help="a name kept fresh (repeatable)")
+    serve.add_argument("--min-ttl", type=float, help="the TTL floor in seconds (default 5)")
+    serve.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop", "trio"],
+        default="auto",
+        help="event loop (auto: uvloop when installed, else asyncio)",
+    )
     demo = commands.add_parser(
         "demo", help="watch a sample service through a rolling deploy and a DNS outage"
     )
     demo.add_argument("--forever", action="store_true", help="repeat until Ctrl-C")
     demo.add_argument("--step", type=float, default=2.0, help="seconds between zone changes")
     return parser
+
+
+def _run_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from .server.app import ServeOptions, serve
+
+    options = ServeOptions.from_args(
+        args.listen, args.upstream, args.allow, args.watch, args.min_ttl
+    )
+    backend, backend_options = "asyncio", {}
+    if args.loop == "trio":
+        backend = "trio"
+    elif args.loop in ("auto", "uvloop"):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            if args.loop == "uvloop":
+                raise ValueError("--loop uvloop: uvloop is not installed") from None
+        else:
+            backend_options = {"use_uvloop": True}
+    return anyio.run(serve, options, out, backend=backend, backend_options=backend_options)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -200,6 +240,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return anyio.run(_demo, stream, args.forever, args.step)
         if args.command == "watch":
             return anyio.run(_watch, args, stream)
+        if args.command == "serve":
+            return _run_serve(args, stream)
         return anyio.run(_resolve, args, stream)
     except (ResolveError, ValueError) as exc:
         print(f"srvwatch: {exc}", file=sys.stderr)

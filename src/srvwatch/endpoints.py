@@ -370,6 +370,18 @@ class EndpointSet:
         from_zeros, i = _select(group.weighted, group.zeros, group.total, rnd)
         return group.zeros[i] if from_zeros else group.weighted[i]
 
+    def with_ttl(self, ttl: float, stale: bool) -> EndpointSet:
+        """The same endpoints with another TTL and stale flag: no re-validation, no re-sorting."""
+        result = object.__new__(EndpointSet)
+        setattr_ = object.__setattr__
+        setattr_(result, "name", self.name)
+        setattr_(result, "endpoints", self.endpoints)
+        setattr_(result, "ttl", float(ttl))
+        setattr_(result, "stale", stale)
+        setattr_(result, "no_service", self.no_service)
+        setattr_(result, "_groups", self._groups)
+        return result
+
     def with_stale(self, stale: bool) -> EndpointSet:
         """The same answer, flagged (or no longer flagged) as served from stale data."""
         if stale == self.stale:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NXDomain", "NoData", "ResolveError", "ResolveTimeout", "ServerFailure"]
+__all__ = ["NXDomain", "NoData", "ResolveError", "ResolveTimeout", "ServerFailure", "UpstreamDown"]
 
 
 class ResolveError(Exception):
@@ -31,6 +31,14 @@ class NoData(ResolveError):
 
 class ResolveTimeout(ResolveError):
     """No nameserver answered within the lifetime of the lookup."""
+
+
+class UpstreamDown(ResolveTimeout):
+    """Every nameserver is marked down, so nothing was sent: the lookup failed at once.
+
+    Not remembered like other failures: it costs no query, and the first
+    probe that gets an answer ends it.
+    """
 
 
 class ServerFailure(ResolveError):

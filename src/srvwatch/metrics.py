@@ -26,9 +26,13 @@ class Counters:
     edns_fallbacks: int = 0
     """FORMERR answers to a query with EDNS, asked again without it."""
     timeouts: int = 0
+    fast_failures: int = 0
+    """Lookups failed at once, without a query, because every nameserver is down."""
     server_errors: int = 0
     """Answers with an rcode other than NOERROR and NXDOMAIN, or truncated over TCP."""
     network_errors: int = 0
+    unchanged_replies: int = 0
+    """Replies identical to the last one for their question but for ID and TTLs: not re-parsed."""
     ignored_responses: int = 0
     """Responses whose ID or question did not match (RFC 5452) or that were malformed."""
     lookups: int = 0
@@ -54,6 +58,26 @@ class Counters:
     loops_stopped: int = 0
     updates_emitted: int = 0
 
+    stub_requests_udp: int = 0
+    stub_requests_tcp: int = 0
+    stub_hits: int = 0
+    """Stub queries answered from the store without waiting."""
+    stub_misses: int = 0
+    stub_prefetches: int = 0
+    """Entries asked again in the last 10% of their TTL, refreshed before they expire."""
+    stub_stale_answers: int = 0
+    """Stale answers the stub gave (TTL 30 s) because upstream had not answered in time."""
+    stub_refused: int = 0
+    """Queries from clients outside ``allow``, answered REFUSED."""
+    stub_ignored: int = 0
+    """Datagrams the stub did not answer: responses, garbage, truncated headers."""
+    ttl_clamped_floor: int = 0
+    """Records the stub served with their upstream TTL raised to the floor."""
+    ttl_clamped_cap: int = 0
+    """Records the stub served with their upstream TTL lowered to the cap."""
+
+    stub_responses: dict[int, int] = field(default_factory=dict)
+    """Stub replies by rcode."""
     queries_by_name: dict[str, int] = field(default_factory=dict)
     """Upstream queries per absolute name, for the first ``PER_NAME_LIMIT`` names seen."""
 

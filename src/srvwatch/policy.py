@@ -16,7 +16,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 __all__ = ["Policy"]
 
 _MAX_WIRE_TTL = 2**31 - 1
-_WIRE_TTLS = ("min_ttl", "max_ttl", "negative_min_ttl", "negative_max_ttl")
+_WIRE_TTLS = ("min_ttl", "max_ttl", "negative_min_ttl", "negative_max_ttl", "stale_answer_ttl")
 """Fields that can end up as a TTL on the wire, so they must fit one."""
 _RETRYING = AsyncRetrying()  # only to give tenacity's wait strategies a call state
 
@@ -44,6 +44,13 @@ class Policy:
     """How long a SERVFAIL is remembered (RFC 2308 section 7.1: at most 5 minutes)."""
     stale_ttl: float = 86_400.0
     """How long the last good answer may be served after failures (RFC 8767)."""
+    stale_after: float = 1.8
+    """A watch says ``stale`` once its data has expired and no answer came within this
+    (the RFC 8767 client response timer; the stub answers stale after it too)."""
+    stale_answer_ttl: float = 30.0
+    """TTL the stub gives a stale answer (RFC 8767); never 0, which restarts the storm."""
+    stale_refresh_interval: float = 30.0
+    """While the stub serves a name stale, upstream is asked for it at most this often."""
     timeout: float = 1.0
     """Per-attempt timeout for one query to one nameserver."""
     lifetime: float = 5.0
@@ -54,6 +61,9 @@ class Policy:
     """Failure backoff cap."""
     cache_size: int = 10_000
     """LRU bound on cached answers."""
+    max_srv_targets: int = 32
+    """SRV targets without glue resolved per answer; more get no addresses (as unbound and
+    c-ares cap the work one answer can cause), so a huge answer cannot flood the upstream."""
     rng: random.Random | None = field(default=None, compare=False, repr=False)
     """The source of every jitter and backoff draw; seed one for reproducible runs
     (default: the process-wide generator, reseeded after ``fork()``)."""
@@ -94,7 +104,7 @@ class Policy:
                 f"Policy.negative_max_ttl ({self.negative_max_ttl!r}) must be >= "
                 f"negative_min_ttl ({self.negative_min_ttl!r})"
             )
-        for name in ("servfail_ttl", "timeout", "lifetime", "backoff_base"):
+        for name in ("servfail_ttl", "stale_answer_ttl", "timeout", "lifetime", "backoff_base"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Policy.{name} must be > 0, got {getattr(self, name)!r}")
         if self.backoff_max < self.backoff_base:
@@ -102,8 +112,10 @@ class Policy:
                 f"Policy.backoff_max ({self.backoff_max!r}) must be >= "
                 f"backoff_base ({self.backoff_base!r})"
             )
-        if self.cache_size < 1 or int(self.cache_size) != self.cache_size:
-            raise ValueError(f"Policy.cache_size must be an integer >= 1, got {self.cache_size!r}")
+        for name in ("cache_size", "max_srv_targets"):
+            value = getattr(self, name)
+            if value < 1 or int(value) != value:
+                raise ValueError(f"Policy.{name} must be an integer >= 1, got {value!r}")
 
     def clamp_ttl(self, ttl: float) -> float:
         """A positive answer's TTL, forced into ``[min_ttl, max_ttl]``."""
@@ -145,19 +157,19 @@ class Policy:
         return ttl * (1.0 - self.jitter * u)
 
     def backoff_delay(self, failures: int) -> float:
-        """Delay after ``failures`` consecutive failures (1-based): jittered exponential, capped.
+        """Delay after ``failures`` consecutive failures (1-based): full-jitter exponential.
 
-        "Equal jitter": half the exponential step (tenacity's) fixed, half
-        drawn from ``rng``, so a failing fleet spreads out while each client
-        still waits at least ``backoff_base / 2``. A loop driven by it never
-        spins, whatever the server does.
+        Drawn from ``[backoff_base / 2, step]``, where the step (tenacity's
+        exponential wait) doubles from ``backoff_base`` up to ``backoff_max``:
+        a failing fleet spreads over the whole step instead of retrying in
+        lock-step, and no loop ever waits less than ``backoff_base / 2``, so
+        none spins, whatever the server does.
         """
         state = RetryCallState(_RETRYING, None, (), {})
         state.attempt_number = max(int(failures), 1)
-        half = float(
-            wait_exponential(multiplier=self.backoff_base / 2, max=self.backoff_max / 2)(state)
-        )
-        return half + half * self.draw()
+        step = float(wait_exponential(multiplier=self.backoff_base, max=self.backoff_max)(state))
+        floor = self.backoff_base / 2
+        return floor + (max(step, floor) - floor) * self.draw()
 
     def retry_delay(self, rounds: int) -> float:
         """Pause between rounds over every nameserver within one lookup (1-based).

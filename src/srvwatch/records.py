@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from . import reply as replies
 from .cache import Clock, Entry, RecordStore
-from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure
+from .errors import NoData, NXDomain, ResolveError, ResolveTimeout, ServerFailure, UpstreamDown
 from .flight import Singleflight
 from .metrics import Counters
 from .names import type_text
@@ -53,11 +53,16 @@ class Records:
         self._counters = counters
         self._clock = clock
 
-    async def lookup(self, fqdn: str, qtype: int, *, refresh: bool = False) -> Found:
+    async def lookup(
+        self, fqdn: str, qtype: int, *, refresh: bool = False, stale_ok: bool = True
+    ) -> Found:
         """The positive entry for ``fqdn``/``qtype``; negative answers and failures raise.
 
         ``refresh`` (for watch loops) skips the cache and never serves stale:
         failures are raised, because the loop keeps its own last good answer.
+        ``stale_ok=False`` takes a fresh entry from the cache but never a stale
+        one (an SRV refresh's targets: refreshed on their own TTL, not on
+        every SRV refresh, and failing rather than going stale).
         """
         if refresh:
             shared = ("refresh", fqdn, qtype)
@@ -75,18 +80,28 @@ class Records:
                 return entry, False
             failure = entry.failure
             if failure is not None and now < failure.until:
-                if entry.servable_stale(now):
+                if stale_ok and entry.servable_stale(now):
                     self._counters.stale += 1
                     return entry, True
                 raise failure.error()
         self._counters.misses += 1
+        if not stale_ok:
+            shared = ("refresh", fqdn, qtype)
+            return await self.flights.run(shared, self._fetch, fqdn, qtype, False)
         return await self.flights.run(key, self._fetch, fqdn, qtype, True)
 
     async def _fetch(self, fqdn: str, qtype: int, serve_stale: bool) -> Found:
         key = (fqdn, qtype)
+        previous = self.store.peek(key)
         try:
-            answer = await self._ask(fqdn, qtype)
+            answer = await self._ask(fqdn, qtype, previous)
         except (ResolveTimeout, ServerFailure) as exc:
+            if isinstance(exc, UpstreamDown):  # nothing was sent: nothing to remember
+                found = self.store.get(key)
+                if serve_stale and found is not None and found.servable_stale(self._clock()):
+                    self._counters.stale += 1
+                    return found, True
+                raise
             entry = self.store.put_failure(key, exc)
             if serve_stale and entry.servable_stale(self._clock()):
                 self._counters.stale += 1
@@ -94,19 +109,35 @@ class Records:
                 return entry, True
             raise
         entry = self.store.put(key, answer, answer.ttl)
+        if (
+            previous is not None
+            and previous.answer is not None
+            and answer.msg is previous.answer.msg
+        ):
+            entry.view = previous.view  # unchanged: what was derived from it still holds
         if type(answer) is Negative:
             raise _negative_error(answer, fqdn, qtype, entry.ttl)
         return entry, False
 
-    async def _ask(self, fqdn: str, qtype: int) -> Positive | Negative:
-        """Ask upstream, following a CNAME chain across replies when one leaves its reply."""
+    async def _ask(self, fqdn: str, qtype: int, previous: Entry | None) -> Positive | Negative:
+        """Ask upstream, following a CNAME chain across replies when one leaves its reply.
+
+        A reply the transport found identical to the last one (ID and TTLs
+        aside) comes back with the same parsed message: then the previous
+        answer is reused with the new TTLs, and nothing is decoded again.
+        """
         name = fqdn
         seen = {fqdn}
         hops = 0
         chain_ttl = math.inf
+        last = previous.answer if previous is not None else None
         while True:
+            reply = await self._transport.query(name, qtype)
+            if type(last) is Positive and reply.msg is last.msg:
+                self._counters.unchanged_replies += 1
+                return replies.refreshed(last, reply.data)
             outcome = replies.interpret(
-                await self._transport.query(name, qtype),
+                reply,
                 fqdn,
                 qtype,
                 self._policy,

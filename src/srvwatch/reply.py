@@ -31,6 +31,7 @@ __all__ = [
     "Reply",
     "interpret",
     "malformed_is_server_failure",
+    "refreshed",
 ]
 
 MAX_CNAME_HOPS = 8
@@ -55,7 +56,7 @@ class Positive(NamedTuple):
     ``(priority, weight, port, target)`` for SRV, a name for CNAME/NS/PTR,
     dnspython rdata for every other type. ``glue`` maps an SRV target to
     the addresses the additional section gave for it (in bailiwick only,
-    RFC 5452 section 6) and their smallest TTL.
+    RFC 5452 section 6); ``glue_ttl`` is their smallest TTL.
     """
 
     data: bytes
@@ -64,7 +65,8 @@ class Positive(NamedTuple):
     values: tuple[Any, ...]
     canonical_name: str
     ttl: float
-    glue: dict[str, tuple[list[str], int]]
+    glue: dict[str, list[str]]
+    glue_ttl: float
     server: str
 
 
@@ -157,9 +159,12 @@ def _interpret(
         current = target
     if records:
         values = _decode(data, msg, records, qtype)
-        glue = _glue(data, msg, fqdn, values) if qtype == wire.TYPE_SRV and msg.additional else {}
+        glue: dict[str, list[str]] = {}
+        glue_ttl = math.inf
+        if qtype == wire.TYPE_SRV and msg.additional:
+            glue, glue_ttl = _glue(data, msg, fqdn, values)
         ttl = min(chain_ttl, min([r.ttl for r in records]))
-        return Positive(data, msg, records, values, current, ttl, glue, server)
+        return Positive(data, msg, records, values, current, ttl, glue, glue_ttl, server)
     soa = next((r for r in msg.authority if r.rdtype == wire.TYPE_SOA), None)
     if msg.rcode == wire.RCODE_NXDOMAIN:
         message = f"{fqdn} {type_text(qtype)}: no such name (NXDOMAIN)"
@@ -211,21 +216,38 @@ def address_of(data: bytes, rr: wire.Record) -> str:
 
 def _glue(
     data: bytes, msg: wire.Message, fqdn: str, values: tuple[Any, ...]
-) -> dict[str, tuple[list[str], int]]:
+) -> tuple[dict[str, list[str]], float]:
     """Addresses of SRV targets from the additional section, in bailiwick only (RFC 5452 §6)."""
     targets = {value[3] for value in values}
     bailiwick = _bailiwick(msg, fqdn)
-    glue: dict[str, tuple[list[str], int]] = {}
+    glue: dict[str, list[str]] = {}
+    ttl = math.inf
     for rr in msg.additional:
         if rr.rdtype in _ADDRESS_TYPES and rr.name in targets and within(rr.name, bailiwick):
-            known = glue.get(rr.name)
-            address = address_of(data, rr)
-            if known is None:
-                glue[rr.name] = ([address], rr.ttl)
-            else:
-                known[0].append(address)
-                glue[rr.name] = (known[0], min(known[1], rr.ttl))
-    return glue
+            glue.setdefault(rr.name, []).append(address_of(data, rr))
+            ttl = min(ttl, rr.ttl)
+    return glue, ttl
+
+
+def refreshed(previous: Positive, data: bytes) -> Positive:
+    """``previous`` again, from a reply identical to its own but for the ID and TTL fields.
+
+    Nothing is parsed or decoded: the values, glue and offsets are reused
+    and only the TTLs are read again (a cache upstream counts them down).
+    """
+    msg = previous.msg
+    ttl = min([_ttl_at(data, rr.ttl_offset) for rr in msg.answers])
+    glue_ttl = math.inf
+    if previous.glue:
+        glue = previous.glue
+        ttls = [_ttl_at(data, rr.ttl_offset) for rr in msg.additional if rr.name in glue]
+        glue_ttl = min(ttls) if ttls else math.inf
+    return previous._replace(data=data, ttl=ttl, glue_ttl=glue_ttl)
+
+
+def _ttl_at(data: bytes, offset: int) -> int:
+    ttl = int.from_bytes(data[offset : offset + 4], "big")
+    return 0 if ttl > 0x7FFFFFFF else ttl  # RFC 2181 section 8
 
 
 def _bailiwick(msg: wire.Message, fqdn: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -56,12 +56,18 @@ class Answer:
     """The name that answered (after the search list), lowercase, absolute."""
     rdtype: str
     records: tuple[dns.rdata.Rdata, ...]
-    ttl: float
-    """The TTL the cache keeps this answer for, after clamping by the policy."""
+    expires_at: float
+    """When the cache stops trusting this answer, on the resolver's clock."""
     stale: bool = False
     """Served from the last good answer because the upstream is failing (RFC 8767)."""
     canonical_name: str = ""
     """Where the CNAME chain ended; equal to ``name`` when there was none."""
+    clock: Clock = field(default=time.monotonic, repr=False, compare=False)
+
+    @property
+    def ttl(self) -> float:
+        """Seconds this answer may still be trusted (0 once expired, as a stale answer is)."""
+        return max(self.expires_at - self.clock(), 0.0)
 
 
 class _Name:
@@ -137,7 +143,9 @@ class Resolver:
             self._store, transport, self._flights, self.policy, self._counters, clock
         )
         self._assembler = Assembler(self._records, self.policy)
-        self._watches = Watches(self.policy, self._counters, clock, self._tasks.spawn)
+        self._watches = Watches(
+            self.policy, self._counters, clock, self._tasks.spawn, transport.health
+        )
         self._names: dict[str, _Name] = {}
         self._canonical: dict[tuple[str, ...], _Name] = {}
 
@@ -153,6 +161,8 @@ class Resolver:
 
     async def __aenter__(self) -> Resolver:
         await self._tasks.open()
+        if self._owns_transport:
+            self._transport.attach(self._tasks.spawn)
         return self
 
     async def __aexit__(
@@ -183,7 +193,32 @@ class Resolver:
         snapshot["loops_running"] = len(self._watches)
         snapshot["cache_entries"] = len(self._store)
         snapshot["cache_evictions"] = self._store.evictions
+        health = self._transport.health
+        snapshot["upstreams_up"] = sum(u.up for u in health.upstreams)
+        snapshot["upstreams_down"] = len(health.upstreams) - snapshot["upstreams_up"]
+        snapshot["upstream_probes"] = health.probes
+        snapshot["upstream_recoveries"] = health.recoveries
         return snapshot
+
+    # -- seams for the sidecar ------------------------------------------------------
+
+    @property
+    def records(self) -> Records:
+        """The record store and its lookups, which the DNS stub answers from (shared)."""
+        return self._records
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    def spawn(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``func(*args)`` as one of the resolver's tasks (cancelled when it closes)."""
+        self._tasks.check_open()
+        self._tasks.spawn(func, *args)
+
+    def upstreams(self) -> list[dict[str, Any]]:
+        """Each nameserver's health: up, answered, failures, last error, next probe (seconds)."""
+        return self._transport.health.snapshot()
 
     def queries_by_name(self) -> dict[str, int]:
         """Upstream queries sent per absolute name (the first 10,000 names seen)."""
@@ -278,7 +313,13 @@ class Resolver:
             else:
                 records = answer.values
             result = Answer(
-                fqdn, type_text(qtype), records, entry.ttl, stale, answer.canonical_name
+                fqdn,
+                type_text(qtype),
+                records,
+                entry.expires_at,
+                stale,
+                answer.canonical_name,
+                self._clock,
             )
             if not stale:
                 known.answers[qtype] = (result, entry.expires_at)

@@ -9,6 +9,7 @@ unbound, ZoneServer) cover the rest.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,8 +23,10 @@ import dns.rrset
 
 from . import wire
 from .errors import ResolveTimeout, ServerFailure
+from .health import Health
 from .metrics import Counters
 from .names import type_text
+from .policy import Policy
 from .reply import Reply
 from .transport import Nameserver, parse_nameserver
 
@@ -53,6 +56,8 @@ class ScriptedTransport:
     def __init__(self, nameservers: tuple[str, ...] = ("192.0.2.53",)) -> None:
         self.nameservers: tuple[Nameserver, ...] = tuple(map(parse_nameserver, nameservers))
         self.counters = Counters()
+        self.health = Health(self.nameservers, Policy(), time.monotonic)
+        """Every nameserver stays up: outages are scripted per question with :meth:`fail`."""
         self.asked: list[tuple[str, str]] = []
         self._zone = _Zone({}, None)
         self._failures: dict[tuple[str, int] | None, str] = {}
@@ -108,6 +113,9 @@ class ScriptedTransport:
             self._gate = None
 
     # -- the Transport interface -------------------------------------------------------
+
+    def attach(self, spawn: Callable[..., None]) -> None:
+        """Nothing runs in the background here."""
 
     async def query(self, qname: str, qtype: int) -> Reply:
         return await self.forward(wire.build_query(qname, qtype, 0))

@@ -73,15 +73,28 @@ class Assembler:
         if len(values) == 1 and values[0][3] == ".":
             return EndpointSet.build(fqdn, (), ttl=entry.ttl, stale=stale, no_service=True)
         ttl = entry.ttl
-        found: dict[str, tuple[str, ...]] = {}
-        clamp_ttl = self._policy.clamp_ttl
-        for target, (addresses, glue_ttl) in answer.glue.items():
-            found[target] = canonical_addresses(addresses)
-            ttl = min(ttl, clamp_ttl(glue_ttl))
+        if answer.glue:
+            ttl = min(ttl, self._policy.clamp_ttl(answer.glue_ttl))
+        view = entry.view
+        if view is not None and view[0] is values and view[1] is answer.glue:
+            # The same records and glue as last time (an unchanged refresh): no decoding,
+            # no sorting, and the same endpoint tuple, so watchers diff by identity.
+            endpoints: EndpointSet = view[2]
+            return endpoints.with_ttl(ttl, stale)
+        found = {target: canonical_addresses(glue) for target, glue in answer.glue.items()}
         missing = list(dict.fromkeys(v[3] for v in values if v[3] != "." and v[3] not in found))
+        cap = self._policy.max_srv_targets
+        if len(missing) > cap:
+            log.warning(
+                "SRV %s: %d targets without glue; resolving the first %d (Policy.max_srv_targets)",
+                fqdn,
+                len(missing),
+                cap,
+            )
+            missing = missing[:cap]
         if missing:
             ttl, stale = await self._expand(fqdn, missing, found, ttl, stale, refresh)
-        return EndpointSet.from_wire(
+        result = EndpointSet.from_wire(
             fqdn,
             [
                 (priority, target, port, weight, found.get(target, ()))
@@ -91,6 +104,9 @@ class Assembler:
             ttl=ttl,
             stale=stale,
         )
+        if not missing:
+            entry.view = (values, answer.glue, result)
+        return result
 
     async def _expand(
         self,
@@ -123,12 +139,18 @@ class Assembler:
         return ttl, stale
 
     async def address_set(self, fqdn: str, *, refresh: bool = False) -> AddressSet:
-        """(addresses, ttl, stale) for one absolute name: A and AAAA asked at once."""
+        """(addresses, ttl, stale) for one absolute name: A and AAAA asked at once.
+
+        ``refresh`` (an SRV refresh's targets) takes fresh cached addresses and
+        asks only for expired ones, never serving stale ones: each target is
+        refreshed on its own TTL, not on every refresh of the SRV set.
+        """
         lookup = self._records.lookup
+        stale_ok = not refresh
         results = await gather(
             [
-                lambda: lookup(fqdn, wire.TYPE_A, refresh=refresh),
-                lambda: lookup(fqdn, wire.TYPE_AAAA, refresh=refresh),
+                lambda: lookup(fqdn, wire.TYPE_A, stale_ok=stale_ok),
+                lambda: lookup(fqdn, wire.TYPE_AAAA, stale_ok=stale_ok),
             ]
         )
         found: list[str] = []

@@ -20,32 +20,43 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 import dns.rcode
 from anyio.streams.buffered import BufferedByteReceiveStream
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from . import wire
 from .address import Nameserver, parse_nameserver
-from .errors import ResolveTimeout, ServerFailure
+from .errors import ResolveTimeout, ServerFailure, UpstreamDown
+from .health import Health
 from .metrics import Counters
 from .names import type_text
 from .policy import Policy
 from .reply import Reply
 
-__all__ = ["Clock", "Nameserver", "Reply", "SocketTransport", "Transport", "parse_nameserver"]
+__all__ = [
+    "Clock",
+    "Health",
+    "Nameserver",
+    "Reply",
+    "SocketTransport",
+    "Transport",
+    "parse_nameserver",
+]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Spawn = Callable[..., None]
 
 _ANSWER_RCODES = frozenset({wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN})
 """The only rcodes that answer a question; any other moves on to the next nameserver."""
 _MAX_UDP_RESPONSE = 65535
 _QUERY_CACHE_SIZE = 10_000
+_DRAIN_BATCH = 32
+"""Datagrams read per wake-up before yielding: a flood cannot stall the event loop."""
 
 
 class Transport(Protocol):
@@ -59,6 +70,11 @@ class Transport(Protocol):
 
     nameservers: tuple[Nameserver, ...]
     counters: Counters
+    health: Health
+
+    def attach(self, spawn: Spawn) -> None:
+        """Give the transport a way to start background tasks (its orphan sweeper)."""
+        ...
 
     async def query(self, qname: str, qtype: int) -> Reply:
         """Ask ``qname``/``qtype`` (canonical absolute name) with RD and EDNS(0) set."""
@@ -112,7 +128,7 @@ class _Orphan:
 class _Query:
     """One query as sent, with ID 0, and the question its reply must echo."""
 
-    __slots__ = ("asked", "plain", "qclass", "qname", "qtype", "template")
+    __slots__ = ("asked", "last", "plain", "qclass", "qname", "qtype", "same_spans", "template")
 
     def __init__(self, template: bytes, plain: bytes | None = None) -> None:
         self.template = b"\x00\x00" + template[2:]
@@ -125,6 +141,28 @@ class _Query:
         self.asked = wire.question_of(self.template)
         self.plain = None if plain is None else _Query(plain)
         """The same question without EDNS, for a server that answers FORMERR to OPT."""
+        self.last: tuple[bytes, wire.Message] | None = None
+        """The last reply that answered this query, parsed."""
+        self.same_spans: tuple[tuple[int, int], ...] = ()
+        """The byte ranges of ``last`` outside its ID and TTL fields."""
+
+    def remember(self, data: bytes, msg: wire.Message) -> None:
+        offsets = sorted(rr.ttl_offset for rr in (*msg.answers, *msg.authority, *msg.additional))
+        starts = [2, *(offset + 4 for offset in offsets)]
+        ends = [*offsets, len(data)]
+        self.last = (data, msg)
+        self.same_spans = tuple(zip(starts, ends, strict=True))
+
+    def unchanged(self, data: bytes) -> wire.Message | None:
+        """The last reply's parse, if ``data`` is that reply but for its ID and TTLs."""
+        last = self.last
+        if last is None or len(data) != len(last[0]):
+            return None
+        previous = last[0]
+        for start, end in self.same_spans:
+            if data[start:end] != previous[start:end]:
+                return None
+        return last[1]
 
 
 class SocketTransport:
@@ -171,6 +209,12 @@ class SocketTransport:
         self._in_flight = 0
         self._slot_waiters: deque[anyio.Event] = deque()
         self._closed = False
+        self.health = Health(self.nameservers, policy, clock)
+        self._spawn: Spawn | None = None
+        self._sweeping = False
+
+    def attach(self, spawn: Spawn) -> None:
+        self._spawn = spawn
 
     def __repr__(self) -> str:
         servers = ", ".join(map(str, self.nameservers))
@@ -182,6 +226,7 @@ class SocketTransport:
 
     async def query(self, qname: str, qtype: int) -> Reply:
         """One lookup of a (canonical name, type), with the query bytes built once per pair."""
+        deadline = self._clock() + self._policy.lifetime
         query = self._queries.get((qname, qtype))
         if query is None:
             query = _Query(
@@ -193,51 +238,53 @@ class SocketTransport:
             self._queries[qname, qtype] = query
         if self._closed:
             raise RuntimeError("transport is closed")
-        await self._take_slot()  # inlined _bounded: one coroutine less on the cold path
+        await self._take_slot(query, deadline)  # inlined _bounded: one coroutine less
         try:
-            return await self._exchange(query)
+            return await self._exchange(query, deadline)
         finally:
             self._give_slot()
 
     async def forward(self, query: bytes) -> Reply:
+        deadline = self._clock() + self._policy.lifetime
         try:
             prepared = _Query(query)
         except wire.WireError as exc:
             raise ValueError(f"cannot forward a malformed query: {exc}") from None
-        return await self._bounded(prepared)
-
-    async def _bounded(self, query: _Query) -> Reply:
-        """One lookup, once a slot among ``max_in_flight`` is free (see :meth:`_exchange`).
-
-        The bound keeps thousands of watches starting at once from opening
-        thousands of sockets (and running out of descriptors): the rest wait
-        their turn, first come first served.
-        """
         if self._closed:
             raise RuntimeError("transport is closed")
-        await self._take_slot()
+        await self._take_slot(prepared, deadline)
         try:
-            return await self._exchange(query)
+            return await self._exchange(prepared, deadline)
         finally:
             self._give_slot()
 
-    async def _take_slot(self) -> None:
+    async def _take_slot(self, query: _Query, deadline: float) -> None:
+        """A slot among ``max_in_flight``, first come first served, within the lookup's lifetime.
+
+        The bound keeps thousands of watches starting at once from opening
+        thousands of sockets (and running out of descriptors).
+        """
         if self._in_flight < self._max_in_flight and not self._slot_waiters:
             self._in_flight += 1
             return
-        await self._wait_for_slot()
-
-    async def _wait_for_slot(self) -> None:
         event = anyio.Event()
         self._slot_waiters.append(event)
         try:
-            await event.wait()
+            with anyio.move_on_after(deadline - self._clock()):
+                await event.wait()
         except BaseException:
-            if event in self._slot_waiters:
-                self._slot_waiters.remove(event)
-            else:
-                self._give_slot()  # handed a slot just as we were cancelled: pass it on
+            self._abandon_slot(event)
             raise
+        if not event.is_set():
+            self._abandon_slot(event)
+            self.counters.timeouts += 1
+            raise self._timeout(query, "no free query slot (max_in_flight)")
+
+    def _abandon_slot(self, event: anyio.Event) -> None:
+        if event in self._slot_waiters:
+            self._slot_waiters.remove(event)
+        else:
+            self._give_slot()  # handed a slot just as we gave up: pass it on
 
     def _give_slot(self) -> None:
         if self._slot_waiters:
@@ -245,74 +292,84 @@ class SocketTransport:
         else:
             self._in_flight -= 1
 
-    async def _exchange(self, query: _Query) -> Reply:
-        """One lookup: returns the first valid reply that answers the question.
+    async def _exchange(self, query: _Query, deadline: float) -> Reply:
+        """One lookup: the first reply that answers, walking the nameservers by position.
 
-        NOERROR and NXDOMAIN are answers. Any other rcode moves on to the next
-        nameserver; when every nameserver has said so, :class:`ServerFailure`.
-        Timeouts and network errors are retried with jittered backoff until
-        ``policy.lifetime``, then :class:`ResolveTimeout`.
+        NOERROR and NXDOMAIN are answers; any other rcode moves on to the next
+        nameserver, and when every one has said so, :class:`ServerFailure`.
+        A timeout or network error marks the nameserver down (see
+        :mod:`~srvwatch.health`): no attempt goes to a down nameserver but
+        its one probe, so when none is usable the lookup fails at once with a
+        :class:`ResolveTimeout` that says the upstream is down. Rounds over
+        the nameservers pause with jitter; no sleep and no attempt runs past
+        the lifetime.
         """
         servers = self.nameservers
+        health = self.health
         policy = self._policy
         clock = self._clock
-        loop_start = clock()
-        refused: set[int] = set()
-
-        def backoff(attempts_made: int) -> float:
-            # Failover to the next server at once; back off only between rounds.
-            if attempts_made % len(servers):
-                return 0.0
-            return policy.retry_delay(attempts_made // len(servers))
-
-        # The common case, one attempt that works, stays off the retry machinery.
-        first_budget = min(policy.timeout, policy.lifetime)
-        try:
-            return await self._attempt(servers[0], query, first_budget)
-        except _AttemptRcode as exc:
-            refused.add(0)
-            if len(servers) == 1:
-                raise self._server_failure(query, exc) from None
-        except _AttemptFailed:
-            await anyio.sleep(backoff(1))
-
-        def wait(state: RetryCallState) -> float:
-            return backoff(state.attempt_number + 1)
-
-        def stop(state: RetryCallState) -> bool:
-            if len(refused) == len(servers):
-                return True
-            return clock() - loop_start >= policy.lifetime
-
-        retrying = AsyncRetrying(
-            sleep=anyio.sleep,
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception_type(_AttemptFailed),
-            reraise=True,
-        )
-        position = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    position = _next_position(len(servers), position, refused)
-                    remaining = policy.lifetime - (clock() - loop_start)
-                    budget = max(min(policy.timeout, remaining), 0.001)
+        answered_badly: set[int] = set()
+        last_failure: _AttemptFailed | None = None
+        position = -1
+        rounds = 0
+        while True:
+            remaining = deadline - clock()
+            if remaining <= 0.001:
+                break
+            i = health.pick(position + 1, answered_badly)
+            if i is None:
+                break
+            if i <= position:  # wrapped around: a new round over the nameservers
+                rounds += 1
+                pause = min(policy.retry_delay(rounds), deadline - clock())
+                if pause > 0:
                     try:
-                        return await self._attempt(servers[position], query, budget)
-                    except _AttemptRcode:
-                        refused.add(position)
+                        await anyio.sleep(pause)
+                    except BaseException:
+                        health.released(i)
                         raise
-        except _AttemptRcode as exc:
-            raise self._server_failure(query, exc) from None
-        except _AttemptFailed as exc:
-            raise ResolveTimeout(
-                f"{query.qname} {type_text(query.qtype)}: no answer within {policy.lifetime:g}s "
-                f"from {', '.join(map(str, servers))} ({exc})",
-                name=query.qname,
-                rdtype=type_text(query.qtype),
-            ) from None
-        _unreachable()
+                remaining = deadline - clock()
+                if remaining <= 0.001:
+                    health.released(i)
+                    break
+            position = i
+            try:
+                reply = await self._attempt(servers[i], query, min(policy.timeout, remaining))
+            except _AttemptRcode as exc:
+                health.succeeded(i)  # alive, if not helpful
+                answered_badly.add(i)
+                last_failure = exc
+                if len(answered_badly) == len(servers):
+                    break
+                continue
+            except _AttemptFailed as exc:
+                health.failed(i, str(exc))
+                last_failure = exc
+                continue
+            except BaseException:
+                health.released(i)
+                raise
+            health.succeeded(i)
+            return reply
+        if isinstance(last_failure, _AttemptRcode):
+            raise self._server_failure(query, last_failure)
+        if last_failure is None and not health.any_up:
+            self.counters.fast_failures += 1
+            raise self._timeout(query, health.down_message(), UpstreamDown)
+        why = str(last_failure) if last_failure is not None else "no attempt could start"
+        if not health.any_up:
+            why += "; " + health.down_message()
+        raise self._timeout(query, why)
+
+    def _timeout(
+        self, query: _Query, why: str, kind: type[ResolveTimeout] = ResolveTimeout
+    ) -> ResolveTimeout:
+        return kind(
+            f"{query.qname} {type_text(query.qtype)}: no answer within "
+            f"{self._policy.lifetime:g}s from {', '.join(map(str, self.nameservers))} ({why})",
+            name=query.qname,
+            rdtype=type_text(query.qtype),
+        )
 
     @staticmethod
     def _server_failure(query: _Query, cause: object) -> ServerFailure:
@@ -326,7 +383,7 @@ class SocketTransport:
         """Close every pooled socket; sockets in use are closed by their attempt."""
         self._closed = True
         while self._orphans:
-            self._close_udp(self._orphans.popitem()[1].entry)
+            self._drop_orphan(self._orphans.popitem()[1])
         for pool in self._idle.values():
             while pool:
                 self._close_udp(pool.pop())
@@ -358,6 +415,8 @@ class SocketTransport:
         if msg.rcode not in _ANSWER_RCODES:
             counters.server_errors += 1
             raise _AttemptRcode(f"{server} answered {_rcode_text(msg.rcode)}")
+        if query.last is None or msg is not query.last[1]:
+            query.remember(data, msg)  # an answer worth comparing the next refresh with
         return Reply(data, msg, self._names[server])
 
     async def _udp(
@@ -375,12 +434,14 @@ class SocketTransport:
         clock = self._clock
         orphan = self._orphans.pop(key, None) if self._orphans else None
         if orphan is not None and orphan.deadline > clock():
-            # A cancelled caller's query is still on the wire: wait for its answer.
+            # A cancelled caller's query is still on the wire: wait for its answer. We
+            # hold a slot of our own, so the one the orphan held goes back.
             entry, expected_id = orphan.entry, orphan.expected_id
+            self._give_slot()
             self.counters.adopted_queries += 1
         else:
             if orphan is not None:
-                self._close_udp(orphan.entry)
+                self._drop_orphan(orphan)
             entry = self._acquire(server)
             query_id = os.urandom(2)
             try:
@@ -409,9 +470,12 @@ class SocketTransport:
             # The caller was cancelled (a timeout ends in the scope above and never gets
             # here): keep the query for whoever takes over the lookup (see flight.py).
             if not self._closed and key not in self._orphans:
-                kept_until = clock() + self._policy.timeout
-                self._orphans[key] = _Orphan(entry, expected_id, kept_until)
+                # Kept until the attempt's own deadline, holding a query slot, so
+                # orphans count against max_in_flight and close on time.
+                self._orphans[key] = _Orphan(entry, expected_id, deadline)
+                self._in_flight += 1
                 parked = True
+                self._sweep_later()
             raise
         finally:
             if not parked:
@@ -420,8 +484,12 @@ class SocketTransport:
     def _receive_ready(
         self, sock: socket.socket, expected_id: int, query: _Query
     ) -> tuple[bytes, wire.Message] | None:
-        """The matching answer among the datagrams already queued, else None."""
-        while True:
+        """The matching answer among the datagrams already queued, else None.
+
+        At most a batch per call: a flood of non-matching datagrams is read
+        a batch per wake-up of the event loop, never in one blocking drain.
+        """
+        for _ in range(_DRAIN_BATCH):
             try:
                 data = sock.recv(_MAX_UDP_RESPONSE)
             except BlockingIOError:
@@ -429,6 +497,7 @@ class SocketTransport:
             msg = self._match(data, expected_id, query)
             if msg is not None:
                 return data, msg
+        return None
 
     async def _tcp(
         self, server: Nameserver, query: _Query, deadline: float
@@ -472,6 +541,9 @@ class SocketTransport:
         if len(data) < 12 or int.from_bytes(data[:2], "big") != expected_id or not data[2] & 0x80:
             self.counters.ignored_responses += 1
             return None
+        same = query.unchanged(data)
+        if same is not None:
+            return same  # a refresh that changed nothing: no parse (records.py reuses it all)
         try:
             msg = wire.parse(data, query.asked)
         except wire.WireError as exc:
@@ -523,7 +595,26 @@ class SocketTransport:
         for key, orphan in list(self._orphans.items()):
             if orphan.deadline <= now:
                 del self._orphans[key]
-                self._close_udp(orphan.entry)
+                self._drop_orphan(orphan)
+
+    def _drop_orphan(self, orphan: _Orphan) -> None:
+        self._close_udp(orphan.entry)
+        self._give_slot()
+
+    def _sweep_later(self) -> None:
+        """Close orphans at their deadline even when no new query comes to sweep them."""
+        if self._spawn is not None and not self._sweeping:
+            self._sweeping = True
+            self._spawn(self._sweeper)
+
+    async def _sweeper(self) -> None:
+        try:
+            while self._orphans and not self._closed:
+                first = min(orphan.deadline for orphan in self._orphans.values())
+                await anyio.sleep(max(first - self._clock(), 0.0) + 0.001)
+                self._sweep_orphans()
+        finally:
+            self._sweeping = False
 
     def _close_udp(self, entry: _UdpSocket) -> None:
         # Only idle sockets or sockets whose attempt has finished get here, so
@@ -550,7 +641,3 @@ def _rcode_text(rcode: int) -> str:
         return dns.rcode.to_text(dns.rcode.Rcode(rcode))
     except ValueError:
         return f"rcode {rcode}"
-
-
-def _unreachable() -> NoReturn:
-    raise AssertionError("tenacity returned without an outcome")

@@ -11,6 +11,7 @@ behind, and never slows the loop or the others.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -22,6 +23,7 @@ import anyio
 from .cache import Clock
 from .endpoints import EndpointSet, Update, changed, diff
 from .errors import NoData, NXDomain, ResolveError
+from .health import Health
 from .metrics import Counters
 from .policy import Policy
 
@@ -101,6 +103,24 @@ class WatchState:
         # Still within the TTL: nothing to tell, but look again at expiry.
         return Step(False, max(min(delay, self.good_until - now), policy.backoff_base / 2))
 
+    def overdue(self, now: float) -> bool:
+        """Data expired ``stale_after`` ago with no answer since: time to say stale (RFC 8767)."""
+        return (
+            self.current is not None
+            and not self.stale
+            and now >= self.good_until + self.policy.stale_after
+        )
+
+    def on_overdue(self, now: float) -> bool:
+        """Flag the endpoints stale while a refresh is still out: once per outage."""
+        if not self.overdue(now):
+            return False
+        assert self.current is not None
+        error = f"no answer within {self.policy.stale_after:g}s after the data expired"
+        if now >= self.good_until + self.policy.stale_ttl:
+            return self._publish(_empty(self.name), stale=True, error=error)
+        return self._publish(self.current, stale=True, error=error)
+
     def _publish(self, endpoints: EndpointSet, stale: bool, error: str | None) -> bool:
         endpoints = endpoints.with_stale(stale)
         if self.current is not None and not changed(self.current, endpoints):
@@ -122,12 +142,19 @@ class WatchLoop:
     """
 
     def __init__(
-        self, name: str, refresh: Refresh, policy: Policy, counters: Counters, clock: Clock
+        self,
+        name: str,
+        refresh: Refresh,
+        policy: Policy,
+        counters: Counters,
+        clock: Clock,
+        watches: Watches | None = None,
     ) -> None:
         self.state = WatchState(name, policy)
         self._refresh = refresh
         self._counters = counters
         self._clock = clock
+        self._watches = watches
         self.subscribers: set[Updates] = set()
         self.scope = anyio.CancelScope()
         self.finished = False
@@ -154,8 +181,8 @@ class WatchLoop:
         self._counters.loops_started += 1
         try:
             with self.scope:
-                while True:  # noqa: ASYNC110 - a timer between refreshes, not a poll
-                    await anyio.sleep(await self._next())
+                while True:
+                    await self._wait(await self._next())
         finally:
             self.finished = True
             self._counters.loops_stopped += 1
@@ -175,6 +202,32 @@ class WatchLoop:
             log.error("watch %s: unexpected error in refresh", state.name, exc_info=outcome)
         return state.on_failure(error, now)
 
+    async def _wait(self, delay: float) -> None:
+        """Sleep until the next refresh; while the upstream is down, wake on its recovery.
+
+        A recovery then releases this loop after ``min_ttl * U(0, 1)``: every
+        waiting loop comes back within one floor, spread out, instead of all
+        at once (or each only after its whole backoff).
+        """
+        health = self._watches.health if self._watches is not None else None
+        if health is None or not self.state.failures or health.any_up:
+            await anyio.sleep(delay)
+            return
+        with anyio.move_on_after(delay) as scope:
+            await health.wait_recovered()
+        if not scope.cancelled_caught:
+            await anyio.sleep(self.state.policy.min_ttl * self.state.policy.draw())
+
+    def publish_overdue(self) -> None:
+        """Called by the registry's stale timer: say stale now if the answer is overdue."""
+        if self.state.on_overdue(self._clock()):
+            self._notify()
+
+    def _notify(self) -> None:
+        self._counters.updates_emitted += 1
+        for subscriber in self.subscribers:
+            subscriber.wake()
+
     async def _next(self) -> float:
         """One refresh, its outcome published; returns how long to sleep before the next."""
         try:
@@ -188,9 +241,9 @@ class WatchLoop:
             self.state.failures += 1
             return self.state.policy.backoff_delay(self.state.failures)
         if step.changed:
-            self._counters.updates_emitted += 1
-            for subscriber in self.subscribers:
-                subscriber.wake()
+            self._notify()
+        if self._watches is not None and not self.state.failures:
+            self._watches.expect_answer_by(self, self.state.good_until)
         return step.delay
 
 
@@ -255,12 +308,58 @@ class Updates:
 class Watches:
     """The watch loops: one per key, started by the first subscriber, stopped by the last."""
 
-    def __init__(self, policy: Policy, counters: Counters, clock: Clock, spawn: Spawn) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        counters: Counters,
+        clock: Clock,
+        spawn: Spawn,
+        health: Health | None = None,
+    ) -> None:
         self._policy = policy
         self._counters = counters
         self._clock = clock
         self._spawn = spawn
+        self.health = health
         self._loops: dict[Hashable, WatchLoop] = {}
+        self._deadlines: list[tuple[float, int, WatchLoop]] = []
+        self._sequence = 0
+        self._timer_running = False
+        self._timer_wake: anyio.Event | None = None
+
+    def expect_answer_by(self, loop: WatchLoop, good_until: float) -> None:
+        """Arm the stale timer: ``loop`` says stale if nothing answers by expiry + stale_after.
+
+        One timer task for every loop, on a heap: the stale flag comes after
+        ``stale_after`` whatever the refresh is waiting on (a slow upstream,
+        a queue of lookups), never only after the whole lookup lifetime.
+        """
+        due = good_until + self._policy.stale_after
+        self._sequence += 1
+        heapq.heappush(self._deadlines, (due, self._sequence, loop))
+        if not self._timer_running:
+            self._timer_running = True
+            self._spawn(self._stale_timer)
+        elif self._timer_wake is not None and self._deadlines[0][2] is loop:
+            self._timer_wake.set()  # an earlier deadline than the one being slept on
+
+    async def _stale_timer(self) -> None:
+        deadlines = self._deadlines
+        try:
+            while deadlines:
+                wait = deadlines[0][0] - self._clock()
+                if wait > 0:
+                    self._timer_wake = anyio.Event()
+                    with anyio.move_on_after(wait):
+                        await self._timer_wake.wait()
+                    self._timer_wake = None
+                    continue
+                _, _, loop = heapq.heappop(deadlines)
+                if not loop.finished:
+                    loop.publish_overdue()
+        finally:
+            self._timer_running = False
+            self._timer_wake = None
 
     def __len__(self) -> int:
         return len(self._loops)
@@ -276,7 +375,7 @@ class Watches:
     async def subscribe(self, key: Hashable, name: str, refresh: Refresh) -> AsyncIterator[Updates]:
         loop = self._loops.get(key)
         if loop is None:
-            loop = WatchLoop(name, refresh, self._policy, self._counters, self._clock)
+            loop = WatchLoop(name, refresh, self._policy, self._counters, self._clock, self)
             self._loops[key] = loop
             self._spawn(self._run_loop, key, loop)
         updates = Updates(loop)

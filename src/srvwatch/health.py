@@ -1,0 +1,177 @@
+"""Upstream health: one record per nameserver, shared by every lookup, watch and the stub.
+
+An outage must not become a storm. A nameserver that times out or refuses a
+connection is marked down; while it is down no lookup sends to it: they fail
+over to a healthy one, or fail fast (and the callers serve stale). One probe
+at a time goes to a down nameserver, on jittered exponential backoff (the
+policy's failure backoff: 1 s doubling to 30 s); the first answer marks it up
+and wakes whoever waits for the recovery, so that they can spread their
+refreshes instead of arriving together. unbound keeps the same kind of
+infrastructure cache.
+
+The decisions are pure and take the injected clock; the only I/O-shaped part
+is the event that :meth:`Health.wait_recovered` waits on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from .address import Nameserver
+from .policy import Policy
+
+__all__ = ["Health", "Upstream"]
+
+Clock = Callable[[], float]
+
+
+class Upstream:
+    """What is known about one nameserver."""
+
+    __slots__ = (
+        "answered",
+        "down_since",
+        "failures",
+        "last_error",
+        "name",
+        "next_probe",
+        "probing",
+        "server",
+        "up",
+    )
+
+    def __init__(self, server: Nameserver) -> None:
+        self.server = server
+        self.name = str(server)
+        self.up = True
+        self.answered = False
+        """Has answered at least once: what readiness waits for."""
+        self.failures = 0
+        """Consecutive timeouts or refused connections."""
+        self.down_since = 0.0
+        self.next_probe = 0.0
+        self.probing = False
+        self.last_error = ""
+
+    def __repr__(self) -> str:
+        return f"<Upstream {self.name} {'up' if self.up else 'down'} failures={self.failures}>"
+
+
+class Health:
+    """The health records of a list of nameservers, and the rules that move them."""
+
+    def __init__(self, servers: Sequence[Nameserver], policy: Policy, clock: Clock) -> None:
+        self.upstreams = tuple(Upstream(server) for server in servers)
+        self._policy = policy
+        self._clock = clock
+        self._recovered: anyio.Event | None = None
+        self.recoveries = 0
+        self.probes = 0
+        self.marked_down = 0
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{u.name} {'up' if u.up else 'down'}" for u in self.upstreams)
+        return f"<Health {states}>"
+
+    @property
+    def any_up(self) -> bool:
+        return any(u.up for u in self.upstreams)
+
+    @property
+    def any_answered(self) -> bool:
+        return any(u.answered for u in self.upstreams)
+
+    def pick(self, start: int, skip: set[int]) -> int | None:
+        """The first usable nameserver at or after position ``start`` (wrapping), else None.
+
+        A nameserver that is up is usable. A down one is usable once, as the
+        probe, when its probe is due and no other probe to it is out: the
+        lookup that carries the probe fails over as usual if it gets no
+        answer. The caller reports the outcome with :meth:`succeeded`,
+        :meth:`failed` or :meth:`released`.
+        """
+        upstreams = self.upstreams
+        count = len(upstreams)
+        now = -1.0
+        for step in range(count):
+            i = (start + step) % count
+            if i in skip:
+                continue
+            upstream = upstreams[i]
+            if upstream.up:
+                return i
+            if not upstream.probing:
+                if now < 0:
+                    now = self._clock()
+                if now >= upstream.next_probe:
+                    upstream.probing = True
+                    self.probes += 1
+                    return i
+        return None
+
+    def succeeded(self, i: int) -> None:
+        """Position ``i`` answered (any rcode: it is alive)."""
+        upstream = self.upstreams[i]
+        upstream.probing = False
+        upstream.answered = True
+        upstream.failures = 0
+        if not upstream.up:
+            upstream.up = True
+            self.recoveries += 1
+            if self._recovered is not None:
+                self._recovered.set()
+                self._recovered = None
+
+    def failed(self, i: int, why: str) -> None:
+        """Position ``i`` timed out or refused: down, with its next probe backed off."""
+        upstream = self.upstreams[i]
+        now = self._clock()
+        upstream.probing = False
+        upstream.failures += 1
+        upstream.last_error = why
+        if upstream.up:
+            upstream.up = False
+            upstream.down_since = now
+            self.marked_down += 1
+        upstream.next_probe = now + self._policy.backoff_delay(upstream.failures)
+
+    def released(self, i: int) -> None:
+        """A probe ended with no verdict (its caller was cancelled): another may go."""
+        self.upstreams[i].probing = False
+
+    def down_message(self) -> str:
+        """Why a lookup failed without sending anything: for the ResolveTimeout it raises."""
+        now = self._clock()
+        parts = []
+        for u in self.upstreams:
+            wait = max(u.next_probe - now, 0.0)
+            parts.append(
+                f"{u.name} down since {now - u.down_since:.1f}s ago ({u.last_error}), "
+                f"next probe in {wait:.1f}s"
+            )
+        return "upstream down: " + "; ".join(parts)
+
+    async def wait_recovered(self) -> None:
+        """Return when any nameserver that was down answers again."""
+        if self._recovered is None:
+            self._recovered = anyio.Event()
+        await self._recovered.wait()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Each nameserver's state, for ``Resolver.upstreams()``, ``/ready`` and metrics."""
+        now = self._clock()
+        return [
+            {
+                "server": u.name,
+                "up": u.up,
+                "answered": u.answered,
+                "failures": u.failures,
+                "last_error": u.last_error,
+                "down_for": 0.0 if u.up else now - u.down_since,
+                "next_probe_in": 0.0 if u.up else max(u.next_probe - now, 0.0),
+            }
+            for u in self.upstreams
+        ]
