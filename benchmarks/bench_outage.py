@@ -16,9 +16,9 @@ the naive loop (its resolver retries within a lookup, so a call is not a query).
 
 The test asserts what srvwatch promises (every update keeps the name's
 endpoints, exactly one stale update per name, everything fresh after the
-recovery, counters balance); the
-issue's numeric goals are recorded with ``met: true/false``, and
-``SRVWATCH_BENCH_ENFORCE_TARGETS=1`` makes an unmet one fail the test as well.
+recovery, counters balance); the issue's numeric goals are recorded with
+``met: true/false``, and ``SRVWATCH_BENCH_ENFORCE_TARGETS=1`` makes an unmet
+one fail the test as well.
 
 Run::
 
