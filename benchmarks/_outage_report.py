@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks._series import count_at
 from benchmarks._watch_report import num, table
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "outage.json"
@@ -55,6 +56,24 @@ def first_query_after_restart(run: Run) -> float:
     return next((t - back for t, c in knot if t > back + 1e-3 and c > at_back), math.nan)
 
 
+def stopping_and_down(run: Run) -> tuple[float, float, float]:
+    """(queries sent while Knot was exiting, how long that took, queries sent once it was down).
+
+    From the client's series, which carries its exact counts at the phase boundaries
+    (runs made before it did are interpolated between 0.5 s samples: marked "~").
+    """
+    phases = run["phases_s"]
+    series = [(t, c) for t, c in run["client_series"]]
+    out, stopped, back = (count_at(series, phases[k]) for k in ("out", "stopped", "back"))
+    return stopped - out, phases["stopped"] - phases["out"], back - stopped
+
+
+def _exact(run: Run) -> str:
+    """ "~" when the client's series has no exact count at Knot's exit (older runs)."""
+    stopped = run["phases_s"]["stopped"]
+    return "" if any(abs(t - stopped) < 2e-3 for t, _ in run["client_series"]) else "~"
+
+
 # One row of the outage table: label, the cell of a run, the number ratios are taken of
 # (None: no ratio for that row).
 Row = tuple[str, Callable[[Run], str], Callable[[Run], float] | None]
@@ -81,6 +100,18 @@ def _outage_rows(timeline: dict[str, float]) -> list[Row]:
             f"outage ({outage}): queries sent, counted by the client",
             lambda r: f"**{r['outage_queries']:,}**",
             lambda r: r["outage_queries"],
+        ),
+        (
+            "of which while Knot was exiting (SIGTERM to exit)",
+            lambda r: (
+                f"{_exact(r)}{stopping_and_down(r)[0]:,.0f} in {stopping_and_down(r)[1]:.2f} s"
+            ),
+            None,
+        ),
+        (
+            "of which once Knot was down",
+            lambda r: f"{_exact(r)}{stopping_and_down(r)[2]:,.0f}",
+            lambda r: stopping_and_down(r)[2],
         ),
         (
             "outage: queries/s sent (highest 1 s)",

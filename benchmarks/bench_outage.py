@@ -408,6 +408,12 @@ def summarize(
         "outage_queries": q["back"] - q["out"],
         "outage_qps": (q["back"] - q["out"]) / outage_s,
         "outage_peak_client": peak_rate(client, t["out"], t["back"]),
+        # Knot takes a moment to exit after SIGTERM; queries sent meanwhile found it
+        # stopping, not down. Those after it had exited are what a probe schedule governs.
+        "stopping_s": t["stopped"] - t["out"],
+        "stopping_queries": q["stopped"] - q["out"],
+        "down_queries": q["back"] - q["stopped"],
+        "down_peak_client": peak_rate(client, t["stopped"], t["back"]),
         "outage_cpu_pct": (cpu["back"] - cpu["out"]) / outage_s * 100,
         "knot_start_s": t["up"] - t["back"],
         "recovery_s": recovery_s,
@@ -524,8 +530,9 @@ def test_outage_herd(
         issue9_results.target(
             f"outage N={n}: queries sent to the dead server stay within the probe schedule "
             f"(<= {PROBE_HANDFUL} per backoff step, {steps} steps in {run['outage_s']:.0f} s)",
-            run["outage_queries"] <= PROBE_HANDFUL * steps,
-            f"{run['outage_queries']:,} queries, {run['outage_qps']:.1f}/s",
+            run["down_queries"] <= PROBE_HANDFUL * steps,
+            f"{run['down_queries']:,} queries once Knot had exited "
+            f"(and {run['stopping_queries']:,} in the {run['stopping_s']:.2f} s it took to exit)",
         )
         bound = srvwatch.Policy().min_ttl + STALE_AFTER_S + PROBE_BASE_S
         stale = run["stale_latency_s"]

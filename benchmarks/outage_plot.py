@@ -2,14 +2,12 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/outage_plot.py [RESULTS_JSON] [OUT_PNG] [--before BEFORE_JSON]
+    python benchmarks/outage_plot.py [RESULTS_JSON] [OUT_PNG]
 
 Queries per second over time for each peer, one panel per number of names:
 solid, counted at Knot; dashed, during the outage, sent by the client (a
-stopped Knot counts nothing). ``--before`` adds srvwatch's curve from an
-earlier run (e.g. the commit before a change), in grey. Symmetric-log y-axis,
-so that zero shows. Needs matplotlib (the ``bench`` extra); the benchmarks
-themselves do not.
+stopped Knot counts nothing). Symmetric-log y-axis, so that zero shows.
+Needs matplotlib (the ``bench`` extra); the benchmarks themselves do not.
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ def _draw(ax: Any, run: dict[str, Any], label: str | None, colour: str, **style:
             label = None
 
 
-def plot(results: dict[str, Any], out: Path, before: dict[str, Any] | None) -> None:
+def plot(results: dict[str, Any], out: Path) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -80,12 +78,9 @@ def plot(results: dict[str, Any], out: Path, before: dict[str, Any] | None) -> N
             if run is None:
                 continue
             label = label.format(commit=commit, base=machine.get("base", "an earlier commit"))
-            _draw(ax, run, label, colour, lw=1.6)
-        if before and before.get("outage"):
-            run = before["outage"]["runs"].get(f"srvwatch/{n}")
-            if run is not None:
-                old = before.get("machine", {}).get("commit", "").split(" ")[0]
-                _draw(ax, run, f"srvwatch before ({old})", "#7f7f7f", lw=1.2, alpha=0.8)
+            # The naive loop's lock-step swings would hide the others: drawn lighter, first.
+            style = {"lw": 1.2, "alpha": 0.6} if peer == "naive" else {"lw": 1.6}
+            _draw(ax, run, label, colour, **style)
         phases = outage["runs"][f"srvwatch/{n}"]["phases_s"]
         ax.axvspan(0, phases["back"], color="#bbbbbb", alpha=0.3, lw=0)
         ax.text(
@@ -99,7 +94,10 @@ def plot(results: dict[str, Any], out: Path, before: dict[str, Any] | None) -> N
         )
         ax.set_yscale("symlog", linthresh=10)
         ax.set_ylim(0, None)
-        ax.set_xlim(phases["steady"], phases["end"])
+        ends = [
+            run["phases_s"]["end"] for key, run in outage["runs"].items() if key.endswith(f"/{n}")
+        ]
+        ax.set_xlim(phases["steady"], max(ends))
         ax.set_ylabel("queries per second")
         ax.set_title(f"{n:,} watched SRV names (TTL at the 5 s floor), one process", fontsize=11)
         ax.grid(True, which="both", alpha=0.3)
@@ -121,12 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--before", type=Path, help="an earlier run: its srvwatch curve in grey")
     args = parser.parse_args(argv)
     if not args.results.exists():
         sys.exit(f"{args.results} not found: run benchmarks/bench_outage.py first")
-    before = json.loads(args.before.read_text()) if args.before else None
-    plot(json.loads(args.results.read_text()), args.out, before)
+    plot(json.loads(args.results.read_text()), args.out)
 
 
 if __name__ == "__main__":
