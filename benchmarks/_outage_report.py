@@ -216,6 +216,13 @@ def cpu_summary(cpu: dict[str, Any]) -> dict[str, dict[str, float]]:
             "queries_per_refresh": statistics.median(r["queries_per_refresh"] for r in runs),
             "sys_share": statistics.median(r["sys_s"] / r["cpu_s"] for r in runs if r["cpu_s"]),
             "stale_updates": sum(r.get("stale_updates_in_window", 0) for r in runs),
+            "gc_share": statistics.median(sum(r["gc_s"]) / r["cpu_s"] for r in runs)
+            if all("gc_s" in r for r in runs)
+            else math.nan,
+            "startup_s": max(r["startup_s"] for r in runs),
+            "unanswered": max(
+                r["names"] - r.get("answered_by_deadline", r["answered"]) for r in runs
+            ),
             "timeouts": sum(r["timeouts"] for r in runs),
             "load": max(max(r["loadavg"]) for r in runs),
         }
@@ -235,8 +242,11 @@ def render_cpu(cpu: dict[str, Any]) -> str:
         f"\n### Steady-state CPU: {cpu['names']:,} watched SRV names at the 5 s floor\n\n"
         f"Process CPU time over a {cpu['window_s']:g} s window after {cpu['warmup_s']:g} s of "
         f"warm-up; median of {rounds} round(s), range in brackets. A refresh is one SRV "
-        "query at Knot; queries per refresh add the targets' A/AAAA queries. Timeouts and stale "
-        "updates are summed over the rounds' windows: a refresh that falls behind.\n\n"
+        "query at Knot; queries per refresh add the targets' A/AAAA queries. GC is the time in "
+        "Python's cyclic garbage collector (gc.callbacks). Start-up: from the first watch to "
+        'every name\'s first right answer ("not": names still without one at the deadline). '
+        "Timeouts and stale updates are summed over the rounds' windows: refreshes that fell "
+        "behind.\n\n"
     ]
     rows = []
     for key, s in summary.items():
@@ -249,7 +259,10 @@ def render_cpu(cpu: dict[str, Any]) -> str:
                 _range(s["us_per_refresh"], s["us_min"], s["us_max"], 0),
                 f"{s['refreshes_per_s']:,.0f}",
                 f"{s['queries_per_refresh']:.2f}",
+                "-" if math.isnan(s["gc_share"]) else f"{s['gc_share'] * 100:.0f}%",
                 f"{s['sys_share'] * 100:.0f}%",
+                f"{s['startup_s']:.0f} s"
+                + (f" ({s['unanswered']:,} not)" if s["unanswered"] else ""),
                 f"{s['timeouts']:,} / {s['stale_updates']:,}",
                 f"{s['load']:.1f}",
             ]
@@ -263,7 +276,9 @@ def render_cpu(cpu: dict[str, Any]) -> str:
                 "CPU us per refresh",
                 "refreshes/s",
                 "queries per refresh",
+                "of which GC",
                 "of which kernel (sys)",
+                "start-up: every name answered after (slowest round)",
                 "timeouts / stale updates",
                 "load average (max)",
             ],
