@@ -294,8 +294,8 @@ def render_cpu(cpu: dict[str, Any]) -> str:
 def render_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
     """srvwatch in two runs, side by side: ``before / after`` for each figure."""
     out = []
-    title_b = before.get("machine", {}).get("commit", "before")[:60]
-    title_a = after.get("machine", {}).get("commit", "after")[:60]
+    title_b = before.get("machine", {}).get("commit", "before").split(" ")[0]
+    title_a = after.get("machine", {}).get("commit", "after").split(" ")[0]
     ob, oa = before.get("outage"), after.get("outage")
     if ob and oa:
         rows = _outage_rows(oa["timeline_s"])
