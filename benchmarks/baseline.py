@@ -23,6 +23,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 BASE_LABEL = "srvwatch@base"
 _ENV = "SRVWATCH_BENCH_BASE"
+_REVISION_FILE = "REVISION"
 
 
 def load_base() -> ModuleType | None:
@@ -52,7 +53,21 @@ def extract(rev: str, dest: Path) -> Path:
         with tarfile.open(tar_path) as tar:
             tar.extractall(tmp, filter="data")
         shutil.move(str(Path(tmp) / "src" / "srvwatch"), target)
+    # Which commit it is, for the reports: the package alone does not say.
+    short = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    (target / _REVISION_FILE).write_text(short + "\n")
     return target
+
+
+def base_revision() -> str | None:
+    """The short commit hash of the extracted baseline, if one is configured and recorded."""
+    where = os.environ.get(_ENV)
+    if not where:
+        return None
+    path = Path(where) / "srvwatch_base" / _REVISION_FILE
+    return path.read_text().strip() if path.exists() else None
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import pytest
 
 from benchmarks._harness import Runner, make_runner
 
-# benchmarks._watch: one results collector for every bench_watch_*.py scenario in a session.
-pytest_plugins = ["tests.dns_servers", "benchmarks._watch"]
+# benchmarks._watch: one results collector for every bench_watch_*.py scenario in a session;
+# benchmarks._outage: the same for the issue-9 benchmarks (bench_outage, bench_steady_cpu).
+pytest_plugins = ["tests.dns_servers", "benchmarks._watch", "benchmarks._outage"]
 
 
 @pytest.fixture
