@@ -72,6 +72,10 @@ class Health:
         self.probes = 0
         self.marked_down = 0
 
+    def use_policy(self, policy: Policy) -> None:
+        """Follow a new policy from the next decision on (a sidecar reload)."""
+        self._policy = policy
+
     def __repr__(self) -> str:
         states = ", ".join(f"{u.name} {'up' if u.up else 'down'}" for u in self.upstreams)
         return f"<Health {states}>"

@@ -143,6 +143,7 @@ class DnsListener:
         self._udp: socket.socket | None = None
         self._listeners: list[anyio.abc.SocketListener] = []
         self._conns: set[anyio.abc.SocketStream] = set()
+        self._udp_reading = anyio.CancelScope()
         self._deferred = 0
         # Counters (see stats()); plain attributes, because the hot path bumps them.
         self.sockets_opened = self.sockets_closed = 0
@@ -222,10 +223,30 @@ class DnsListener:
             await self.aclose()
             raise
         self._tg = tg
+        self._udp_reading = anyio.CancelScope()
         self._spawn(tg, self._serve_udp, udp)
         for listener in listeners:
             self._spawn(tg, self._accept_loop, listener, tg)
         log.debug("%s serving on %s", self.name, self.address)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking queries, give the answers still owed up to ``grace`` seconds, then close.
+
+        For a graceful shutdown: no new UDP query is read and no new TCP
+        connection accepted, while deferred answers (waiting on upstream) are
+        still sent; whatever is left after ``grace`` is cancelled by :meth:`aclose`.
+        """
+        if self._tg is not None:
+            self._udp_reading.cancel()
+            for listener in self._listeners:
+                await anyio.aclose_forcefully(listener)
+                self.sockets_closed += 1
+            self._listeners = []
+            with anyio.move_on_after(grace):
+                # Polled: once per shutdown, and the hot path stays free of wake-ups.
+                while self._deferred:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop serving; close every socket, connection and task. Idempotent."""
@@ -299,24 +320,25 @@ class DnsListener:
         drains at most a batch per call (then the loop runs everything else); on trio (no
         reader callbacks) a task waits for readability and drains a batch per wake-up.
         """
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # trio
-            loop = None
-        if loop is not None:
-            fd = udp.fileno()
+        with self._udp_reading:  # cancelled by drain(): stop reading, keep the socket to reply
             try:
-                loop.add_reader(fd, self._drain_udp, udp)
-            except NotImplementedError:  # a loop without reader callbacks (Windows proactor)
-                pass
-            else:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:  # trio
+                loop = None
+            if loop is not None:
+                fd = udp.fileno()
                 try:
-                    await anyio.sleep_forever()
-                finally:
-                    loop.remove_reader(fd)
-        while True:
-            await anyio.wait_readable(udp)
-            self._drain_udp(udp)
+                    loop.add_reader(fd, self._drain_udp, udp)
+                except NotImplementedError:  # a loop without reader callbacks (Windows proactor)
+                    pass
+                else:
+                    try:
+                        await anyio.sleep_forever()
+                    finally:
+                        loop.remove_reader(fd)
+            while True:
+                await anyio.wait_readable(udp)
+                self._drain_udp(udp)
 
     def _drain_udp(self, udp: socket.socket) -> None:
         handler = self._handler

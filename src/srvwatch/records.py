@@ -53,6 +53,10 @@ class Records:
         self._counters = counters
         self._clock = clock
 
+    def use_policy(self, policy: Policy) -> None:
+        """Follow a new policy from the next decision on (a sidecar reload)."""
+        self._policy = policy
+
     async def lookup(
         self, fqdn: str, qtype: int, *, refresh: bool = False, stale_ok: bool = True
     ) -> Found:

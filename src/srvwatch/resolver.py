@@ -130,8 +130,10 @@ class Resolver:
                 max_in_flight=check_int(max_in_flight, "max_in_flight", 1),
             )
             self._owns_transport = True
+            self._socket_transport: SocketTransport | None = transport
         else:
             self._owns_transport = False
+            self._socket_transport = None
         self.nameservers: tuple[Nameserver, ...] = transport.nameservers
         self._clock = clock
         self._transport = transport
@@ -185,6 +187,23 @@ class Resolver:
         self._tasks.cancel_all()
         if self._owns_transport:
             await self._transport.aclose()
+
+    def use_policy(self, policy: Policy) -> None:
+        """Apply a new policy in place, keeping the store, flights and watch loops.
+
+        What is stored keeps the expiry it was given; every later answer,
+        refresh, retry and stale decision follows ``policy``. A smaller
+        ``cache_size`` evicts on the next store.
+        """
+        if not isinstance(policy, Policy):
+            raise ValueError(f"policy must be a srvwatch.Policy, got {policy!r}")
+        self.policy = policy
+        self._store.policy = policy
+        self._records.use_policy(policy)
+        self._assembler.use_policy(policy)
+        self._watches.use_policy(policy)
+        if self._socket_transport is not None:
+            self._socket_transport.use_policy(policy)
 
     def stats(self) -> dict[str, int]:
         """Counters: queries, hits, misses, coalesced, stale, sockets opened/closed, ..."""

@@ -62,6 +62,10 @@ class Assembler:
         self._records = records
         self._policy = policy
 
+    def use_policy(self, policy: Policy) -> None:
+        """Follow a new policy from the next decision on (a sidecar reload)."""
+        self._policy = policy
+
     async def srv_set(self, fqdn: str, *, refresh: bool = False) -> EndpointSet:
         return await self._records.flights.run(("srv", fqdn, refresh), self._build, fqdn, refresh)
 

@@ -213,6 +213,11 @@ class SocketTransport:
         self._spawn: Spawn | None = None
         self._sweeping = False
 
+    def use_policy(self, policy: Policy) -> None:
+        """Follow a new policy from the next query on (a sidecar reload); health too."""
+        self._policy = policy
+        self.health.use_policy(policy)
+
     def attach(self, spawn: Spawn) -> None:
         self._spawn = spawn
 

@@ -328,6 +328,12 @@ class Watches:
         self._timer_running = False
         self._timer_wake: anyio.Event | None = None
 
+    def use_policy(self, policy: Policy) -> None:
+        """Follow a new policy from each loop's next decision on (a sidecar reload)."""
+        self._policy = policy
+        for loop in self._loops.values():
+            loop.state.policy = policy
+
     def expect_answer_by(self, loop: WatchLoop, good_until: float) -> None:
         """Arm the stale timer: ``loop`` says stale if nothing answers by expiry + stale_after.
 
