@@ -1,115 +1,548 @@
-"""``srvwatch serve``: one resolver, the DNS stub on each listen address, and watches.
+"""``srvwatch serve``: the sidecar's lifecycle: start, reload by difference, lame-duck shutdown.
 
-Everything the process opens is owned here and closed on the way out: the
-resolver (its sockets and tasks), each listener (UDP and TCP sockets,
-connections), each watch. SIGTERM or Ctrl-C ends it cleanly with exit 0.
-The admin server, the config file and reload build on this (the next issue).
+One :class:`Sidecar` owns everything the process opens: the resolver (its
+sockets and tasks), a stub listener per address, the admin server, a runner
+per watch and its output files. Each lives in a task of its own (see
+:class:`_Hosted`), so a reload can start and stop any of them in any order,
+and every one is closed on the way out.
+
+A reload validates the new file first; a bad one is logged and counted, and
+the running config goes on. Then only the difference is applied: new
+listeners are bound before anything changes (a bind failure rejects the
+reload whole), unchanged listeners keep their sockets, removed watches stop
+and close what they own, and a policy change keeps the store. ``/ready``
+stays 200 throughout: watches added by a reload are reported while they
+warm up, but only the watches present at start-up gate readiness.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TextIO
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
 
 import anyio
+import anyio.abc
 
-from ..address import ListenAddress, parse_listen
-from ..listen import DnsListener
-from ..policy import Policy
+from ..address import ListenAddress
+from ..endpoints import Update
+from ..errors import ResolveError
+from ..listen import DnsListener, Peer
 from ..resolver import Resolver
-from .stub import DEFAULT_ALLOW, Stub
+from ..watch import Updates
+from .config import Config, ConfigError, WatchConfig, load_config
+from .outputs import OutputFiles, update_document
+from .stub import Stub
 
-__all__ = ["ServeOptions", "serve"]
+__all__ = ["Sidecar", "serve"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """What ``srvwatch serve`` runs with, validated before anything starts."""
-
-    listen: tuple[ListenAddress, ...] = (ListenAddress("127.0.0.1", 5353),)
-    upstreams: tuple[str, ...] | None = None
-    """None: the nameservers of /etc/resolv.conf."""
-    allow: tuple[str, ...] = DEFAULT_ALLOW
-    watch: tuple[str, ...] = ()
-    policy: Policy = field(default_factory=Policy)
-
-    @classmethod
-    def from_args(
-        cls,
-        listen: Sequence[str] | None,
-        upstreams: Sequence[str] | None,
-        allow: Sequence[str] | None,
-        watch: Sequence[str] | None,
-        min_ttl: float | None,
-    ) -> ServeOptions:
-        addresses = tuple(
-            parse_listen(text, f"--listen {text!r}") for text in (listen or ["127.0.0.1:5353"])
-        )
-        policy = Policy() if min_ttl is None else Policy(min_ttl=min_ttl, max_ttl=max(300, min_ttl))
-        return cls(
-            addresses,
-            tuple(upstreams) if upstreams else None,
-            tuple(allow) if allow else DEFAULT_ALLOW,
-            tuple(watch or ()),
-            policy,
-        )
+POLL_INTERVAL = 2.0
+"""Seconds between checks of the config file's content (reload when its hash changes)."""
 
 
-def _bind_host(address: ListenAddress) -> str:
+def bind_host(address: ListenAddress) -> str:
+    """The IP a listen address binds: ``:PORT`` means every IPv4 interface, as Go servers read it."""
     if address.host == "localhost":
         return "127.0.0.1"
-    return address.host or "0.0.0.0"  # ":PORT": every IPv4 interface, as Go servers read it
+    return address.host or "0.0.0.0"
 
 
-async def serve(options: ServeOptions, out: TextIO = sys.stdout) -> int:
-    """Run until SIGTERM or SIGINT; 0 on a clean stop."""
-    resolver = Resolver(
-        list(options.upstreams) if options.upstreams else None, policy=options.policy
-    )
-    async with resolver:
-        stub = Stub(resolver, allow=options.allow)
-        listeners = [
-            DnsListener(stub.answer, _bind_host(a), a.port, name=f"stub {a}")
-            for a in options.listen
-        ]
+class _Hosted:
+    """An async context manager held open in a task of its own until :meth:`stop`.
+
+    Task groups (and so listeners and resolvers) must close in the reverse of
+    their opening order in one task; holding each in its own task lets a
+    reload stop any of them while the others go on.
+    """
+
+    def __init__(self, resource: AbstractAsyncContextManager[Any], what: str) -> None:
+        self.resource = resource
+        self.what = what
+        self._scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Enter the resource in a new task; its error (a port taken...) is raised here."""
+        await tg.start(self._hold)
+
+    async def _hold(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:
-            for listener in listeners:
-                await listener.start()
-                print(
-                    f"srvwatch: DNS stub on {listener.address} (UDP and TCP)", file=out, flush=True
-                )
-            upstreams = ", ".join(map(str, resolver.nameservers))
-            print(f"srvwatch: upstream {upstreams}", file=out, flush=True)
-            async with anyio.create_task_group() as tg:
-                for name in options.watch:
-                    tg.start_soon(_keep_watching, resolver, name)
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for signum in signals:
-                        log.info("srvwatch: %s, stopping", signal.Signals(signum).name)
-                        break
-                tg.cancel_scope.cancel()
+            with anyio.CancelScope() as self._scope:
+                async with self.resource:
+                    task_status.started()
+                    await anyio.sleep_forever()
         finally:
-            # Last opened, first closed: each listener's task group nests in the one before.
-            for listener in reversed(listeners):
-                await listener.aclose()
-    print("srvwatch: stopped", file=out, flush=True)
-    return 0
+            self._done.set()
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._done.wait()
 
 
-async def _keep_watching(resolver: Resolver, name: str) -> None:
-    """A --watch name: its loop keeps it fresh in the store, so the stub always has it."""
-    async with resolver.watch(name) as updates:
-        async for update in updates:
-            log.info(
-                "watch %s: v%d %d endpoints%s",
-                name,
-                update.version,
-                len(update.endpoints),
-                " (stale)" if update.stale else "",
-            )
+class _Listener(AbstractAsyncContextManager["_Listener"]):
+    """A stub listener that drains on a graceful stop, and closes at once otherwise."""
+
+    def __init__(self, listener: DnsListener) -> None:
+        self.dns = listener
+        self.grace = 0.0
+
+    async def __aenter__(self) -> _Listener:
+        await self.dns.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            if self.grace > 0:
+                await self.dns.drain(self.grace)
+            else:
+                await self.dns.aclose()
+
+
+@dataclass(eq=False)
+class _WatchRunner:
+    """One configured watch: its latest update, its output files and its task."""
+
+    config: WatchConfig
+    outputs: OutputFiles | None
+    gates_ready: bool
+    latest: Update | None = None
+    updates: int = 0
+    _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    _done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.name} {self.config.type}"
+
+    async def run(self, resolver: Resolver) -> None:
+        try:
+            with self._scope:
+                async with resolver.watch(self.config.name, self.config.type) as updates:
+                    async for update in updates:
+                        self.latest = update
+                        self.updates += 1
+                        log.info(
+                            "watch %s: v%d %d endpoints%s",
+                            self.label,
+                            update.version,
+                            len(update.endpoints),
+                            " (stale)" if update.stale else "",
+                        )
+                        if self.outputs is not None:
+                            await self.outputs.write(update)
+        except (ResolveError, ValueError) as exc:  # a bad name found late: this watch only
+            log.error("watch %s stopped: %s", self.label, exc)
+        finally:
+            self._done.set()
+
+    @property
+    def has_data(self) -> bool:
+        latest = self.latest
+        return latest is not None and (bool(latest.endpoints) or latest.error is None)
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        await self._done.wait()
+
+
+def _watch_key(watch: WatchConfig) -> tuple[str, str]:
+    return (watch.name.lower().rstrip("."), watch.type)
+
+
+def _outputs(watch: WatchConfig) -> OutputFiles | None:
+    if watch.json_file is None and watch.eds_file is None:
+        return None
+    return OutputFiles(
+        json_file=watch.json_file,
+        eds_file=watch.eds_file,
+        cluster=watch.cluster or watch.name,
+        port=watch.port,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarInfo:
+    """What the metrics collector reads of the sidecar at scrape time."""
+
+    reloads: int
+    reload_failures: int
+    config_digest: str
+    watch_updates: Mapping[str, int]
+    listener_sockets: int
+
+
+class Sidecar:
+    """The running sidecar: resolver, stub listeners, admin server and watches, reloadable.
+
+    Use as ``async with Sidecar(config) as sidecar:`` then ``await sidecar.run()``
+    (signals and the config file), or drive :meth:`reload` and :meth:`shutdown`
+    directly (tests do).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        overrides: Callable[[Config], Config] | None = None,
+        out: TextIO = sys.stdout,
+    ) -> None:
+        self._overrides = overrides or (lambda config: config)
+        self.config = self._overrides(config)
+        self._out = out
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._resolver: Resolver | None = None
+        self._resolver_host: _Hosted | None = None
+        self._stub: Stub | None = None
+        self._listeners: dict[ListenAddress, tuple[_Hosted, _Listener]] = {}
+        self._admin: _Hosted | None = None
+        self._admin_server: Any = None
+        self._watches: dict[tuple[str, str], _WatchRunner] = {}
+        self._ever_ready = False
+        self.shutting_down = False
+        self.reloads = 0
+        self.reload_failures = 0
+        self._reload_lock = anyio.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Sidecar:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._start(self.config)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _start(self, config: Config) -> None:
+        self._resolver, self._resolver_host = await self._open_resolver(config)
+        self._stub = Stub(self._resolver, allow=config.stub.allow)
+        for address in config.stub.listen:
+            await self._start_listener(address)
+        await self._start_admin(config.admin.listen)
+        for watch in config.watch:
+            self._start_watch(watch, gates_ready=True)
+        self._say(f"upstream {', '.join(map(str, self._resolver.nameservers))}")
+
+    async def aclose(self) -> None:
+        """Close everything, last opened first; idempotent."""
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                for runner in list(self._watches.values()):
+                    await runner.stop()
+                self._watches.clear()
+                for hosted, _ in list(self._listeners.values()):
+                    await hosted.stop()
+                self._listeners.clear()
+                if self._admin is not None:
+                    await self._admin.stop()
+                    self._admin = self._admin_server = None
+                if self._resolver_host is not None:
+                    await self._resolver_host.stop()
+                    self._resolver_host = None
+        finally:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    async def shutdown(self, lame_duck: float | None = None) -> None:
+        """``/ready`` 503 at once, DNS answered for ``lame_duck`` seconds; closing then drains.
+
+        After this, leaving ``async with`` stops taking queries and lets the
+        ones in flight finish (up to one lookup's lifetime) before closing.
+        """
+        self.shutting_down = True
+        grace = self.config.policy.lifetime
+        for _, listener in self._listeners.values():
+            listener.grace = grace
+        delay = self.config.admin.lame_duck if lame_duck is None else lame_duck
+        self._say(f"shutting down: /ready is 503, DNS answered for {delay:g}s more")
+        await anyio.sleep(delay)
+
+    # -- the parts ----------------------------------------------------------------------
+
+    async def _open_resolver(self, config: Config) -> tuple[Resolver, _Hosted]:
+        policy = replace(config.policy, cache_size=config.stub.cache_size)
+        resolver = Resolver(
+            list(config.upstreams) if config.upstreams is not None else None, policy=policy
+        )
+        hosted = _Hosted(resolver, "resolver")
+        assert self._tg is not None
+        await hosted.start(self._tg)
+        return resolver, hosted
+
+    def _answer(self, data: bytes, peer: Peer, tcp: bool) -> Any:
+        stub = self._stub
+        assert stub is not None
+        return stub.answer(data, peer, tcp)
+
+    async def _start_listener(self, address: ListenAddress) -> None:
+        listener = _Listener(
+            DnsListener(self._answer, bind_host(address), address.port, name=f"stub {address}")
+        )
+        hosted = _Hosted(listener, f"stub {address}")
+        assert self._tg is not None
+        await hosted.start(self._tg)
+        self._listeners[address] = (hosted, listener)
+        self._say(f"DNS stub on {listener.dns.address} (UDP and TCP)")
+
+    async def _start_admin(self, address: ListenAddress) -> None:
+        from .admin import AdminServer
+
+        server = AdminServer(self, address, self._registry())
+        hosted = _Hosted(server, f"admin {address}")
+        assert self._tg is not None
+        await hosted.start(self._tg)
+        old = self._admin
+        self._admin, self._admin_server = hosted, server
+        self._say(f"admin on http://{server.address}")
+        if old is not None:
+            await old.stop()
+
+    def _registry(self) -> Any:
+        from prometheus_client import CollectorRegistry
+
+        from ..prometheus import ResolverCollector
+
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(ResolverCollector(lambda: self.resolver, self.info))
+        return registry
+
+    def _start_watch(self, watch: WatchConfig, *, gates_ready: bool) -> None:
+        runner = _WatchRunner(watch, _outputs(watch), gates_ready)
+        self._watches[_watch_key(watch)] = runner
+        assert self._tg is not None
+        self._tg.start_soon(runner.run, self.resolver)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload(self, config: Config | None = None) -> bool:
+        """Read the config file again (or take ``config``) and apply what changed.
+
+        False, with the running config untouched, when the new one is invalid
+        or a new listener cannot bind.
+        """
+        async with self._reload_lock:
+            try:
+                if config is None:
+                    if self.config.source is None:
+                        raise ValueError("no config file to reload (started without --config)")
+                    config = load_config(self.config.source)
+                new = self._overrides(config)
+                await self._apply(new)
+            except (ConfigError, OSError, ValueError) as exc:
+                self.reload_failures += 1
+                log.error("reload rejected, the running config goes on: %s", exc)
+                self._say(f"reload rejected: {exc}")
+                return False
+            self.reloads += 1
+            return True
+
+    async def _apply(self, new: Config) -> None:
+        old = self.config
+        self.waiting_on()  # notes whether the sidecar has been ready, for the watches added
+        # 1. What can fail comes first, so a failure leaves everything as it was.
+        added = [a for a in new.stub.listen if a not in self._listeners]
+        started: list[ListenAddress] = []
+        try:
+            for address in added:
+                await self._start_listener(address)
+                started.append(address)
+            if new.admin.listen != old.admin.listen:
+                await self._start_admin(new.admin.listen)
+        except BaseException:
+            for address in started:
+                hosted, _ = self._listeners.pop(address)
+                await hosted.stop()
+            raise
+        # 2. The resolver: a new one for new upstreams (its watches warmed before the
+        #    switch), else the new policy applied in place, keeping the store.
+        policy = replace(new.policy, cache_size=new.stub.cache_size)
+        if new.upstreams != old.upstreams:
+            await self._switch_resolver(new)
+        elif policy != self.resolver.policy:
+            self.resolver.use_policy(policy)
+            self._stub = Stub(self.resolver, allow=new.stub.allow)  # it reads the policy once
+        elif new.stub.allow != old.stub.allow:
+            self._stub = Stub(self.resolver, allow=new.stub.allow)
+        # 3. Watches: removed ones stop (and close their loops), added ones start.
+        wanted = {_watch_key(w): w for w in new.watch}
+        for key in [k for k in self._watches if k not in wanted]:
+            await self._watches.pop(key).stop()
+        for key, watch in wanted.items():
+            runner = self._watches.get(key)
+            if runner is None:
+                self._start_watch(watch, gates_ready=not self._ever_ready)
+            elif runner.config != watch:
+                runner.config = watch
+                runner.outputs = _outputs(watch)
+                if runner.outputs is not None and runner.latest is not None:
+                    await runner.outputs.write(runner.latest)
+        # 4. Listeners no longer wanted close last: the new ones already answer.
+        for address in [a for a in self._listeners if a not in new.stub.listen]:
+            hosted, _ = self._listeners.pop(address)
+            await hosted.stop()
+        self.config = new
+        self._say(f"reloaded config {new.digest[:12]}")
+
+    async def _switch_resolver(self, new: Config) -> None:
+        resolver, hosted = await self._open_resolver(new)
+        old_resolver, old_host = self._resolver, self._resolver_host
+        old_runners = self._watches
+        self._resolver, self._resolver_host = resolver, hosted
+        self._watches = {}
+        for key, runner in old_runners.items():
+            self._start_watch(runner.config, gates_ready=False)
+            self._watches[key].latest = runner.latest  # the endpoints served while it warms
+        with anyio.move_on_after(new.policy.lifetime):
+            while not resolver.transport.health.any_answered():  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        self._stub = Stub(resolver, allow=new.stub.allow)
+        for runner in old_runners.values():
+            await runner.stop()
+        if old_host is not None:
+            await old_host.stop()
+        log.info("upstreams now %s (was %s)", resolver.nameservers, old_resolver)
+
+    # -- what the admin server and the metrics read ---------------------------------------
+
+    @property
+    def resolver(self) -> Resolver:
+        if self._resolver is None:
+            raise RuntimeError("the sidecar is not running")
+        return self._resolver
+
+    def live(self) -> bool:
+        return self._tg is not None
+
+    def waiting_on(self) -> list[str]:
+        """What ``/ready`` waits on, one line each; empty when ready."""
+        if self.shutting_down:
+            return ["shutting down"]
+        waiting = [
+            f"stub {address}: not listening"
+            for address, (_, listener) in self._listeners.items()
+            if not listener.dns.serving
+        ]
+        if self._resolver is None or not self._resolver.transport.health.any_answered():
+            waiting.append("upstream: no nameserver has answered yet")
+        for runner in self._watches.values():
+            if runner.gates_ready and not runner.has_data:
+                waiting.append(f"watch {runner.label}: no data yet")
+        if not waiting:
+            self._ever_ready = True
+        return waiting
+
+    def warming(self) -> list[str]:
+        """Watches added by a reload that have no data yet (reported, not gating)."""
+        return [
+            f"watch {r.label}: no data yet"
+            for r in self._watches.values()
+            if not r.gates_ready and not r.has_data
+        ]
+
+    def endpoints(self) -> dict[str, Any]:
+        return {
+            runner.label: update_document(runner.latest) if runner.latest else None
+            for runner in self._watches.values()
+        }
+
+    def subscribe(self, name: str) -> AbstractAsyncContextManager[AsyncIterator[Update]]:
+        """Updates of a configured watch, for ``/watch?name=``; KeyError for any other name."""
+        key = name.lower().rstrip(".")
+        for runner in self._watches.values():
+            if _watch_key(runner.config)[0] == key:
+                return self._subscription(runner.config)
+        raise KeyError(name)
+
+    @asynccontextmanager
+    async def _subscription(self, watch: WatchConfig) -> AsyncIterator[Updates]:
+        async with self.resolver.watch(watch.name, watch.type) as updates:
+            yield updates
+
+    def info(self) -> SidecarInfo:
+        return SidecarInfo(
+            reloads=self.reloads,
+            reload_failures=self.reload_failures,
+            config_digest=self.config.digest,
+            watch_updates={r.label: r.updates for r in self._watches.values()},
+            listener_sockets=sum(
+                listener.dns.sockets_opened - listener.dns.sockets_closed
+                for _, listener in self._listeners.values()
+            ),
+        )
+
+    def counts(self) -> dict[str, int]:
+        """What is open now, for leak checks: listeners, watches, admin servers."""
+        return {
+            "listeners": len(self._listeners),
+            "watches": len(self._watches),
+            "admin": int(self._admin is not None),
+        }
+
+    def _say(self, text: str) -> None:
+        print(f"srvwatch: {text}", file=self._out, flush=True)
+
+    # -- the process ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Until SIGTERM or SIGINT: reload on SIGHUP and on a change of the file; 0 on a clean stop."""
+        assert self._tg is not None
+        if self.config.source is not None:
+            self._tg.start_soon(self._poll_file, self.config.source)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
+                log.info("%s: stopping", signal.Signals(signum).name)
+                break
+        with anyio.CancelScope() as lame_duck:
+            self._tg.start_soon(_cancel_on_second_signal, lame_duck)
+            await self.shutdown()
+        return 0
+
+    async def _poll_file(self, path: str) -> None:
+        seen = self.config.digest
+        while not self.shutting_down:
+            await anyio.sleep(POLL_INTERVAL)
+            try:
+                data = await anyio.Path(path).read_bytes()
+            except OSError:
+                continue  # mid-replacement (an editor, a ConfigMap symlink swap): look again
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != seen and not self.shutting_down:
+                seen = digest  # a rejected file is not tried again until it changes
+                await self.reload()
+
+
+async def _cancel_on_second_signal(scope: anyio.CancelScope) -> None:
+    """A second SIGTERM or Ctrl-C during the lame duck: stop waiting, close at once."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+async def serve(
+    config: Config,
+    overrides: Callable[[Config], Config] | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run the sidecar until SIGTERM or SIGINT; 0 on a clean stop."""
+    async with Sidecar(config, overrides=overrides, out=out) as sidecar:
+        return await sidecar.run()

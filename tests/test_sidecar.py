@@ -1,0 +1,259 @@
+"""The sidecar as a whole: real Knot behind, real DNS and HTTP clients in front, reloads live."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import dns.message
+import dns.query
+import dns.rcode
+import httpx
+import pytest
+
+from srvwatch.server.app import Sidecar
+from srvwatch.server.config import Config, parse_config
+from tests import zones
+from tests.dns_servers import HOST, KnotFactory, KnotServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+FAST_POLICY = """\
+[policy]
+min_ttl = 1.0
+timeout = 0.5
+lifetime = 1.5
+backoff_base = 0.2
+backoff_max = 1.0
+"""
+
+
+def config_text(
+    upstream: str,
+    listen: list[int],
+    admin: int,
+    watches: list[dict[str, Any]] | None = None,
+    policy: str = FAST_POLICY,
+    lame_duck: float = 0.5,
+) -> str:
+    listen_list = ", ".join(f'"{HOST}:{port}"' for port in listen)
+    lines = [
+        f'upstreams = ["{upstream}"]',
+        policy,
+        "[stub]",
+        f"listen = [{listen_list}]",
+        "[admin]",
+        f'listen = "{HOST}:{admin}"',
+        f"lame_duck = {lame_duck}",
+    ]
+    for watch in watches or []:
+        lines.append("[[watch]]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in watch.items()]
+    return "\n".join(lines) + "\n"
+
+
+def config_of(text: str, path: Path | None = None) -> Config:
+    if path is not None:
+        path.write_text(text)
+    return parse_config(text.encode(), str(path) if path else "test.toml")
+
+
+@pytest.fixture
+def knot(knot_factory: KnotFactory) -> Iterator[KnotServer]:
+    server = knot_factory()
+    yield server
+    server.stop()
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[tuple[Sidecar, httpx.AsyncClient]]:
+    async with Sidecar(config, out=open(os.devnull, "w")) as sidecar:  # noqa: SIM115
+        base = f"http://{HOST}:{config.admin.listen.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=5.0) as http:
+            yield sidecar, http
+
+
+async def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype)
+    send = dns.query.tcp if tcp else dns.query.udp
+    reply: dns.message.Message = await anyio.to_thread.run_sync(
+        lambda: send(query, HOST, timeout=3.0, port=port)
+    )
+    return reply
+
+
+async def eventually(check: Any, timeout: float = 10.0, what: str = "") -> None:
+    with anyio.fail_after(timeout):
+        while not await check():
+            await anyio.sleep(0.05)
+
+
+HTTP_WATCH = {"name": zones.HTTP_SRV, "type": "SRV"}
+ONE_WATCH = {"name": zones.ONE_SRV, "type": "SRV"}
+
+
+async def test_ready_lists_what_it_waits_on_then_serves(knot: KnotServer) -> None:
+    stub, admin = free_port(), free_port()
+    await anyio.to_thread.run_sync(knot.stop)
+    config = config_of(config_text(knot.address(), [stub], admin, [HTTP_WATCH]))
+    async with running(config) as (sidecar, http):
+        reply = await http.get("/ready")
+        assert reply.status_code == 503
+        assert "upstream" in reply.text
+        assert f"watch {zones.HTTP_SRV.rstrip('.')}" in reply.text or zones.HTTP_SRV in reply.text
+        assert (await http.get("/health")).status_code == 200
+        await anyio.to_thread.run_sync(knot.start)
+
+        async def ready() -> bool:
+            return (await http.get("/ready")).status_code == 200
+
+        await eventually(ready, 15.0)
+        endpoints = (await http.get("/endpoints")).json()
+        (document,) = endpoints.values()
+        assert {ep["target"] for ep in document["endpoints"]} == set(zones.HTTP_TARGETS)
+        answer = await ask(stub, "a.api.svc.test.")
+        assert answer.rcode() == dns.rcode.NOERROR
+        assert answer.answer[0][0].address == zones.HTTP_A["a.api.svc.test."]
+        assert sidecar.counts() == {"listeners": 1, "watches": 1, "admin": 1}
+
+
+async def test_reload_applies_the_difference_and_keeps_unchanged_sockets(
+    knot: KnotServer, tmp_path: Path
+) -> None:
+    port_a, port_b, admin = free_port(), free_port(), free_port()
+    path = tmp_path / "srvwatch.toml"
+    first = config_of(config_text(knot.address(), [port_a], admin, [HTTP_WATCH]), path)
+    async with running(first) as (sidecar, http):
+        await eventually(lambda: _status(http, "/ready", 200))
+        listener_a = sidecar._listeners[first.stub.listen[0]][1].dns
+        resolver = sidecar.resolver
+        # Add a listener and a watch, change the policy: one reload.
+        text = config_text(
+            knot.address(),
+            [port_a, port_b],
+            admin,
+            [HTTP_WATCH, ONE_WATCH],
+            policy=FAST_POLICY.replace("min_ttl = 1.0", "min_ttl = 2.0"),
+        )
+        path.write_text(text)
+        assert await sidecar.reload()
+        assert sidecar.resolver is resolver, "same upstreams: the store is kept"
+        assert resolver.policy.min_ttl == 2.0
+        assert sidecar._listeners[first.stub.listen[0]][1].dns is listener_a
+        assert (await ask(port_b, "a.api.svc.test.")).rcode() == dns.rcode.NOERROR
+        await eventually(lambda: _has_endpoints(http, zones.ONE_SRV))
+        # Remove the first listener and the first watch.
+        path.write_text(config_text(knot.address(), [port_b], admin, [ONE_WATCH]))
+        assert await sidecar.reload()
+        assert sidecar.counts() == {"listeners": 1, "watches": 1, "admin": 1}
+        assert listener_a.stats()["sockets_opened"] == listener_a.stats()["sockets_closed"]
+        with pytest.raises(dns.exception.Timeout):
+            query = dns.message.make_query("a.api.svc.test.", "A")
+            await anyio.to_thread.run_sync(
+                lambda: dns.query.udp(query, HOST, timeout=0.5, port=port_a)
+            )
+        assert sidecar.reloads == 2 and sidecar.reload_failures == 0
+
+
+async def test_a_bad_file_is_rejected_and_the_old_config_keeps_serving(
+    knot: KnotServer, tmp_path: Path
+) -> None:
+    stub, admin, taken = free_port(), free_port(), free_port()
+    path = tmp_path / "srvwatch.toml"
+    config = config_of(config_text(knot.address(), [stub], admin, [HTTP_WATCH]), path)
+    async with running(config) as (sidecar, http):
+        await eventually(lambda: _status(http, "/ready", 200))
+        digest = sidecar.config.digest
+        path.write_text(config_text(knot.address(), [stub], admin) + "\nbogus = 1\n")
+        assert not await sidecar.reload()
+        # A listener that cannot bind rejects the reload whole, too.
+        with anyio_socket_taken(taken):
+            path.write_text(config_text(knot.address(), [stub, taken], admin, []))
+            assert not await sidecar.reload()
+        assert sidecar.config.digest == digest
+        assert sidecar.counts() == {"listeners": 1, "watches": 1, "admin": 1}
+        assert sidecar.reload_failures == 2
+        assert (await http.get("/ready")).status_code == 200
+        assert (await ask(stub, "a.api.svc.test.")).rcode() == dns.rcode.NOERROR
+        metrics = (await http.get("/metrics")).text
+        assert "srvwatch_reload_failed_total 2.0" in metrics
+
+
+class anyio_socket_taken:  # noqa: N801 - reads as a phrase in a with-statement
+    """Hold a UDP port so that binding it fails."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, port))
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+async def test_upstream_change_switches_resolver_without_flapping_ready(
+    knot_factory: KnotFactory, tmp_path: Path
+) -> None:
+    first, second = knot_factory(), knot_factory()
+    stub, admin = free_port(), free_port()
+    path = tmp_path / "srvwatch.toml"
+    config = config_of(config_text(first.address(), [stub], admin, [HTTP_WATCH]), path)
+    async with running(config) as (sidecar, http):
+        await eventually(lambda: _status(http, "/ready", 200))
+        old = sidecar.resolver
+        path.write_text(config_text(second.address(), [stub], admin, [HTTP_WATCH]))
+        assert await sidecar.reload()
+        assert sidecar.resolver is not old
+        assert (await http.get("/ready")).status_code == 200
+        stats = old.stats()
+        assert stats["sockets_opened"] == stats["sockets_closed"]
+        assert stats["loops_started"] == stats["loops_stopped"]
+        before = second.query_count()
+        assert (await ask(stub, "b.api.svc.test.")).rcode() == dns.rcode.NOERROR
+        assert second.query_count() > before
+
+
+async def test_shutdown_says_503_at_once_and_answers_dns_during_the_lame_duck(
+    knot: KnotServer,
+) -> None:
+    stub, admin = free_port(), free_port()
+    config = config_of(config_text(knot.address(), [stub], admin, [HTTP_WATCH], lame_duck=1.0))
+    async with running(config) as (sidecar, http):
+        await eventually(lambda: _status(http, "/ready", 200))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sidecar.shutdown)
+            await anyio.sleep(0.1)
+            reply = await http.get("/ready")
+            assert reply.status_code == 503 and "shutting down" in reply.text
+            assert (await ask(stub, "a.api.svc.test.")).rcode() == dns.rcode.NOERROR
+    assert sidecar.counts() == {"listeners": 0, "watches": 0, "admin": 0}
+
+
+async def _status(http: httpx.AsyncClient, path: str, status: int) -> bool:
+    try:
+        return (await http.get(path)).status_code == status
+    except httpx.TransportError:
+        return False
+
+
+async def _has_endpoints(http: httpx.AsyncClient, name: str) -> bool:
+    documents = (await http.get("/endpoints")).json()
+    return any(
+        doc is not None and doc["name"].rstrip(".") == name.rstrip(".") and doc["endpoints"]
+        for doc in documents.values()
+    )
+
+
+def _threads() -> int:
+    return threading.active_count()
