@@ -134,7 +134,7 @@ def test_listen_str_round_trips(text: str, bind_host: str | None) -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("8181", "missing port"),
+        ("8181", "missing host: write ':8181'"),
         ("127.0.0.1", "missing port"),
         ("localhost", "missing port"),
         ("[::1]", "missing port"),

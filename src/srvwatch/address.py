@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "AddressError",
     "ListenAddress",
     "Nameserver",
     "format_hostport",
@@ -24,6 +25,18 @@ __all__ = [
 
 _MAX_PORT = 65_535
 _LISTEN_FORMS = "use HOST:PORT, [V6]:PORT, :PORT or localhost:PORT"
+
+
+class AddressError(ValueError):
+    """A malformed address: ``what`` names the entry (``stub.listen[0]``), ``entry`` is the
+    text as given and ``reason`` what is wrong with it, so a config error can put each
+    part where its reader looks for it."""
+
+    def __init__(self, what: str, entry: str, reason: str) -> None:
+        super().__init__(f"{what} {entry!r}: {reason}")
+        self.what = what
+        self.entry = entry
+        self.reason = reason
 
 
 def format_hostport(host: str, port: int) -> str:
@@ -38,12 +51,12 @@ def _parse_port(port_text: str, what: str, entry: str, *, minimum: int = 1) -> i
     # them as numbers: only ASCII digits are a port. Five digits at most also keeps
     # int() away from its huge-string limit, whose error names nothing.
     if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
-        raise ValueError(
-            f"{what} {entry!r}: port must be ASCII digits {minimum}-{_MAX_PORT}, got {port_text!r}"
+        raise AddressError(
+            what, entry, f"port must be ASCII digits {minimum}-{_MAX_PORT}, got {port_text!r}"
         )
     port = int(port_text)
     if not minimum <= port <= _MAX_PORT:
-        raise ValueError(f"{what} {entry!r}: port must be {minimum}-{_MAX_PORT}, got {port}")
+        raise AddressError(what, entry, f"port must be {minimum}-{_MAX_PORT}, got {port}")
     return port
 
 
@@ -51,12 +64,12 @@ def _split_brackets(text: str, what: str, entry: str) -> tuple[str, str | None]:
     """``[v6]`` or ``[v6]:port`` into the address and the port text (None: no port given)."""
     end = text.find("]")
     if end < 0:
-        raise ValueError(f"{what} {entry!r}: missing ']' after IPv6 address")
+        raise AddressError(what, entry, "missing ']' after IPv6 address")
     host, rest = text[1:end], text[end + 1 :]
     if not rest:
         return host, None
     if not rest.startswith(":"):
-        raise ValueError(f"{what} {entry!r}: expected ':port' after ']'")
+        raise AddressError(what, entry, "expected ':port' after ']'")
     return host, rest[1:]
 
 
@@ -64,9 +77,9 @@ def _ipv6_in_brackets(host: str, what: str, entry: str) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"{what} {entry!r}: {host!r} is not an IPv6 address") from None
+        raise AddressError(what, entry, f"{host!r} is not an IPv6 address") from None
     if address.version != 6:
-        raise ValueError(f"{what} {entry!r}: brackets are only for IPv6 addresses")
+        raise AddressError(what, entry, "brackets are only for IPv6 addresses")
     return address.compressed
 
 
@@ -108,9 +121,11 @@ def parse_nameserver(text: str, what: str = "nameserver") -> Nameserver:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(
-            f"{what} {text!r}: {host!r} is not an IP address "
-            "(use 'host', 'host:port' or '[v6]:port' with a literal address)"
+        raise AddressError(
+            what,
+            text,
+            f"{host!r} is not an IP address "
+            "(use 'host', 'host:port' or '[v6]:port' with a literal address)",
         ) from None
     port = 53 if port_text is None else _parse_port(port_text, what, text)
     return Nameserver(address.compressed, port)
@@ -161,19 +176,27 @@ def parse_listen(text: str, what: str = "listen", *, ephemeral: bool = False) ->
     if not isinstance(text, str):
         raise ValueError(f"{what} must be a string like '127.0.0.1:8181', got {text!r}")
     if not text or text.strip() != text:
-        raise ValueError(f"{what} {text!r}: not an address ({_LISTEN_FORMS})")
+        raise AddressError(what, text, f"not an address ({_LISTEN_FORMS})")
     minimum = 0 if ephemeral else 1
     if text.startswith("["):
         host, port_text = _split_brackets(text, what, text)
         if port_text is None:
-            raise ValueError(f"{what} {text!r}: missing port ({_LISTEN_FORMS})")
+            raise AddressError(what, text, f"missing port ({_LISTEN_FORMS})")
         return ListenAddress(
             _ipv6_in_brackets(host, what, text),
             _parse_port(port_text, what, text, minimum=minimum),
         )
     host, colon, port_text = text.rpartition(":")
     if not colon:
-        raise ValueError(f"{what} {text!r}: missing port ({_LISTEN_FORMS})")
+        if text.isascii() and text.isdigit():
+            # A port alone is ambiguous (every interface, or loopback?): say both spellings.
+            raise AddressError(
+                what,
+                text,
+                f"missing host: write ':{text}' for every interface "
+                f"or '127.0.0.1:{text}' for loopback only",
+            )
+        raise AddressError(what, text, f"missing port ({_LISTEN_FORMS})")
     if not host:
         return ListenAddress("", _parse_port(port_text, what, text, minimum=minimum))
     if host.lower() == "localhost":
@@ -181,9 +204,9 @@ def parse_listen(text: str, what: str = "listen", *, ephemeral: bool = False) ->
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(
-            f"{what} {text!r}: {host!r} is not an IP address or localhost ({_LISTEN_FORMS})"
+        raise AddressError(
+            what, text, f"{host!r} is not an IP address or localhost ({_LISTEN_FORMS})"
         ) from None
     if address.version == 6:
-        raise ValueError(f"{what} {text!r}: an IPv6 address needs brackets ({_LISTEN_FORMS})")
+        raise AddressError(what, text, f"an IPv6 address needs brackets ({_LISTEN_FORMS})")
     return ListenAddress(address.compressed, _parse_port(port_text, what, text, minimum=minimum))

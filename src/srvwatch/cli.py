@@ -185,6 +185,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the DNS stub: point any client's resolver at it (until SIGTERM)"
     )
+    serve.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
+    serve.add_argument(
+        "--admin", metavar="ADDR", help="admin HTTP listen address (default 127.0.0.1:8181)"
+    )
     serve.add_argument(
         "--listen",
         action="append",
@@ -202,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="event loop (auto: uvloop when installed, else asyncio)",
     )
+    check_config = commands.add_parser(
+        "check-config", help="validate a config file: exit 0, or 2 with the error"
+    )
+    check_config.add_argument("file", metavar="FILE")
     demo = commands.add_parser(
         "demo", help="watch a sample service through a rolling deploy and a DNS outage"
     )
@@ -230,9 +238,24 @@ def _run_serve(args: argparse.Namespace, out: TextIO) -> int:
     return anyio.run(serve, options, out, backend=backend, backend_options=backend_options)
 
 
+def _check_config(path: str, out: TextIO) -> int:
+    """Exit 0 with a one-line summary, or 2 with the error that names file, key and value."""
+    from .server.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"srvwatch: {exc}", file=sys.stderr)
+        return 2
+    print(config.summary(), file=out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
     stream = out if out is not None else sys.stdout
+    if args.command == "check-config":
+        return _check_config(args.file, stream)
     try:
         if args.command == "demo":
             if args.step <= 0:
