@@ -74,10 +74,11 @@ def knot(knot_factory: KnotFactory) -> Iterator[KnotServer]:
 
 @asynccontextmanager
 async def running(config: Config) -> AsyncIterator[tuple[Sidecar, httpx.AsyncClient]]:
-    async with Sidecar(config, out=open(os.devnull, "w")) as sidecar:  # noqa: SIM115
-        base = f"http://{HOST}:{config.admin.listen.port}"
-        async with httpx.AsyncClient(base_url=base, timeout=5.0) as http:
-            yield sidecar, http
+    with open(os.devnull, "w") as quiet:  # noqa: ASYNC230 - /dev/null never blocks
+        async with Sidecar(config, out=quiet) as sidecar:
+            base = f"http://{HOST}:{config.admin.listen.port}"
+            async with httpx.AsyncClient(base_url=base, timeout=5.0) as http:
+                yield sidecar, http
 
 
 async def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
@@ -89,9 +90,9 @@ async def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns
     return reply
 
 
-async def eventually(check: Any, timeout: float = 10.0, what: str = "") -> None:
-    with anyio.fail_after(timeout):
-        while not await check():
+async def eventually(check: Any, seconds: float = 10.0) -> None:
+    with anyio.fail_after(seconds):
+        while not await check():  # noqa: ASYNC110 - polling a server from outside
             await anyio.sleep(0.05)
 
 
@@ -154,12 +155,13 @@ async def test_reload_applies_the_difference_and_keeps_unchanged_sockets(
         assert await sidecar.reload()
         assert sidecar.counts() == {"listeners": 1, "watches": 1, "admin": 1}
         assert listener_a.stats()["sockets_opened"] == listener_a.stats()["sockets_closed"]
+        query = dns.message.make_query("a.api.svc.test.", "A")
         with pytest.raises(dns.exception.Timeout):
-            query = dns.message.make_query("a.api.svc.test.", "A")
             await anyio.to_thread.run_sync(
                 lambda: dns.query.udp(query, HOST, timeout=0.5, port=port_a)
             )
-        assert sidecar.reloads == 2 and sidecar.reload_failures == 0
+        assert sidecar.reloads == 2
+        assert sidecar.reload_failures == 0
 
 
 async def test_a_bad_file_is_rejected_and_the_old_config_keeps_serving(
@@ -174,7 +176,7 @@ async def test_a_bad_file_is_rejected_and_the_old_config_keeps_serving(
         path.write_text(config_text(knot.address(), [stub], admin) + "\nbogus = 1\n")
         assert not await sidecar.reload()
         # A listener that cannot bind rejects the reload whole, too.
-        with anyio_socket_taken(taken):
+        with port_taken(taken):
             path.write_text(config_text(knot.address(), [stub, taken], admin, []))
             assert not await sidecar.reload()
         assert sidecar.config.digest == digest
@@ -186,7 +188,7 @@ async def test_a_bad_file_is_rejected_and_the_old_config_keeps_serving(
         assert "srvwatch_reload_failed_total 2.0" in metrics
 
 
-class anyio_socket_taken:  # noqa: N801 - reads as a phrase in a with-statement
+class port_taken:
     """Hold a UDP port so that binding it fails."""
 
     def __init__(self, port: int) -> None:
@@ -235,7 +237,8 @@ async def test_shutdown_says_503_at_once_and_answers_dns_during_the_lame_duck(
             tg.start_soon(sidecar.shutdown)
             await anyio.sleep(0.1)
             reply = await http.get("/ready")
-            assert reply.status_code == 503 and "shutting down" in reply.text
+            assert reply.status_code == 503
+            assert "shutting down" in reply.text
             assert (await ask(stub, "a.api.svc.test.")).rcode() == dns.rcode.NOERROR
     assert sidecar.counts() == {"listeners": 0, "watches": 0, "admin": 0}
 

@@ -219,11 +219,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from .server.app import ServeOptions, serve
+    from .server.app import serve
+    from .server.config import Config, ConfigError, load_config
 
-    options = ServeOptions.from_args(
-        args.listen, args.upstream, args.allow, args.watch, args.min_ttl
-    )
+    def overrides(config: Config) -> Config:
+        return config.with_overrides(
+            listen=args.listen,
+            admin=args.admin,
+            upstreams=args.upstream,
+            allow=args.allow,
+            watch=args.watch,
+            min_ttl=args.min_ttl,
+        )
+
+    try:
+        config = load_config(args.config) if args.config else Config()
+        overrides(config)  # a bad flag fails now, not at the first reload
+    except ConfigError as exc:
+        print(f"srvwatch: {exc}", file=sys.stderr)
+        return 2
     backend, backend_options = "asyncio", {}
     if args.loop == "trio":
         backend = "trio"
@@ -235,7 +249,13 @@ def _run_serve(args: argparse.Namespace, out: TextIO) -> int:
                 raise ValueError("--loop uvloop: uvloop is not installed") from None
         else:
             backend_options = {"use_uvloop": True}
-    return anyio.run(serve, options, out, backend=backend, backend_options=backend_options)
+    try:
+        return anyio.run(
+            serve, config, overrides, out, backend=backend, backend_options=backend_options
+        )
+    except OSError as exc:  # a listen port taken, an address not on this host
+        print(f"srvwatch: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _check_config(path: str, out: TextIO) -> int:

@@ -21,20 +21,23 @@ import hashlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import anyio
 import anyio.abc
+from prometheus_client import CollectorRegistry
 
 from ..address import ListenAddress
 from ..endpoints import Update
 from ..errors import ResolveError
 from ..listen import DnsListener, Peer
+from ..prometheus import ResolverCollector, SidecarInfo
 from ..resolver import Resolver
 from ..watch import Updates
+from .admin import AdminServer
 from .config import Config, ConfigError, WatchConfig, load_config
 from .outputs import OutputFiles, update_document
 from .stub import Stub
@@ -48,7 +51,7 @@ POLL_INTERVAL = 2.0
 
 
 def bind_host(address: ListenAddress) -> str:
-    """The IP a listen address binds: ``:PORT`` means every IPv4 interface, as Go servers read it."""
+    """The IP to bind: ``:PORT`` means every IPv4 interface, as Go servers read it."""
     if address.host == "localhost":
         return "127.0.0.1"
     return address.host or "0.0.0.0"
@@ -161,22 +164,13 @@ def _outputs(watch: WatchConfig) -> OutputFiles | None:
     if watch.json_file is None and watch.eds_file is None:
         return None
     return OutputFiles(
+        watch.name,
         json_file=watch.json_file,
         eds_file=watch.eds_file,
-        cluster=watch.cluster or watch.name,
+        cluster=watch.cluster,
+        rdtype=watch.type,
         port=watch.port,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SidecarInfo:
-    """What the metrics collector reads of the sidecar at scrape time."""
-
-    reloads: int
-    reload_failures: int
-    config_digest: str
-    watch_updates: Mapping[str, int]
-    listener_sockets: int
 
 
 class Sidecar:
@@ -203,7 +197,8 @@ class Sidecar:
         self._stub: Stub | None = None
         self._listeners: dict[ListenAddress, tuple[_Hosted, _Listener]] = {}
         self._admin: _Hosted | None = None
-        self._admin_server: Any = None
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._collector: ResolverCollector | None = None
         self._watches: dict[tuple[str, str], _WatchRunner] = {}
         self._ever_ready = False
         self.shutting_down = False
@@ -228,6 +223,7 @@ class Sidecar:
 
     async def _start(self, config: Config) -> None:
         self._resolver, self._resolver_host = await self._open_resolver(config)
+        self._collect(self._resolver)
         self._stub = Stub(self._resolver, allow=config.stub.allow)
         for address in config.stub.listen:
             await self._start_listener(address)
@@ -251,7 +247,7 @@ class Sidecar:
                 self._listeners.clear()
                 if self._admin is not None:
                     await self._admin.stop()
-                    self._admin = self._admin_server = None
+                    self._admin = None
                 if self._resolver_host is not None:
                     await self._resolver_host.stop()
                     self._resolver_host = None
@@ -301,26 +297,21 @@ class Sidecar:
         self._say(f"DNS stub on {listener.dns.address} (UDP and TCP)")
 
     async def _start_admin(self, address: ListenAddress) -> None:
-        from .admin import AdminServer
-
-        server = AdminServer(self, address, self._registry())
+        server = AdminServer(self, self._registry, address)
         hosted = _Hosted(server, f"admin {address}")
         assert self._tg is not None
         await hosted.start(self._tg)
-        old = self._admin
-        self._admin, self._admin_server = hosted, server
+        old, self._admin = self._admin, hosted
         self._say(f"admin on http://{server.address}")
         if old is not None:
             await old.stop()
 
-    def _registry(self) -> Any:
-        from prometheus_client import CollectorRegistry
-
-        from ..prometheus import ResolverCollector
-
-        registry = CollectorRegistry(auto_describe=True)
-        registry.register(ResolverCollector(lambda: self.resolver, self.info))
-        return registry
+    def _collect(self, resolver: Resolver) -> None:
+        """Point /metrics at ``resolver``: one collector, reading its counters at scrape time."""
+        if self._collector is not None:
+            self._registry.unregister(self._collector)
+        self._collector = ResolverCollector(resolver, self.info)
+        self._registry.register(self._collector)
 
     def _start_watch(self, watch: WatchConfig, *, gates_ready: bool) -> None:
         runner = _WatchRunner(watch, _outputs(watch), gates_ready)
@@ -412,6 +403,7 @@ class Sidecar:
             while not resolver.transport.health.any_answered():  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         self._stub = Stub(resolver, allow=new.stub.allow)
+        self._collect(resolver)
         for runner in old_runners.values():
             await runner.stop()
         if old_host is not None:
@@ -479,12 +471,19 @@ class Sidecar:
             reloads=self.reloads,
             reload_failures=self.reload_failures,
             config_digest=self.config.digest,
-            watch_updates={r.label: r.updates for r in self._watches.values()},
-            listener_sockets=sum(
+            watch_updates=self._updates_by_name(),
+            open_sockets=sum(
                 listener.dns.sockets_opened - listener.dns.sockets_closed
                 for _, listener in self._listeners.values()
             ),
         )
+
+    def _updates_by_name(self) -> dict[str, int]:
+        by_name: dict[str, int] = {}
+        for runner in self._watches.values():
+            name = runner.config.name
+            by_name[name] = by_name.get(name, 0) + runner.updates
+        return by_name
 
     def counts(self) -> dict[str, int]:
         """What is open now, for leak checks: listeners, watches, admin servers."""
@@ -500,7 +499,7 @@ class Sidecar:
     # -- the process ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Until SIGTERM or SIGINT: reload on SIGHUP and on a change of the file; 0 on a clean stop."""
+        """Serve until SIGTERM or SIGINT, reloading on SIGHUP and on a file change; 0 when clean."""
         assert self._tg is not None
         if self.config.source is not None:
             self._tg.start_soon(self._poll_file, self.config.source)
