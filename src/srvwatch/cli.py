@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
@@ -109,11 +110,21 @@ async def _rolling_deploy(server: ZoneServer, out: TextIO, step: float, forever:
         server.set_records("api-1", "A", ["10.0.0.11"], ttl=1)
 
 
+def _demo_sidecar(server: ZoneServer, out: TextIO) -> AbstractAsyncContextManager[object]:
+    """The stub and admin server in front of the demo zone, when the sidecar extra is installed."""
+    try:
+        from .server.demo import sidecar_demo
+    except ImportError as exc:
+        print(f"(the sidecar part needs `pip install 'srvwatch[sidecar]'`: {exc})", file=out)
+        return nullcontext()
+    return sidecar_demo(server.address, DEMO_SERVICE, "api-1." + DEMO_ORIGIN, DEMO_POLICY, out)
+
+
 async def _demo(out: TextIO, forever: bool = False, step: float = 2.0) -> int:
     from .testing import ZoneServer
 
     policy = DEMO_POLICY
-    async with ZoneServer(DEMO_ZONE, origin=DEMO_ORIGIN) as server:
+    async with ZoneServer(DEMO_ZONE, origin=DEMO_ORIGIN) as server, _demo_sidecar(server, out):
         print(
             f"ZoneServer for {DEMO_ORIGIN} on {server.address}; watching {DEMO_SERVICE}", file=out
         )

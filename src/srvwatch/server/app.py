@@ -130,6 +130,8 @@ class _WatchRunner:
             with self._scope:
                 async with resolver.watch(self.config.name, self.config.type) as updates:
                     async for update in updates:
+                        if self.outputs is not None:  # files first: /ready waits for them
+                            await self.outputs.write(update)
                         self.latest = update
                         self.updates += 1
                         log.info(
@@ -139,10 +141,10 @@ class _WatchRunner:
                             len(update.endpoints),
                             " (stale)" if update.stale else "",
                         )
-                        if self.outputs is not None:
-                            await self.outputs.write(update)
         except (ResolveError, ValueError) as exc:  # a bad name found late: this watch only
             log.error("watch %s stopped: %s", self.label, exc)
+        except Exception:  # never the sidecar, nor the other watches
+            log.exception("watch %s failed", self.label)
         finally:
             self._done.set()
 
@@ -197,6 +199,7 @@ class Sidecar:
         self._stub: Stub | None = None
         self._listeners: dict[ListenAddress, tuple[_Hosted, _Listener]] = {}
         self._admin: _Hosted | None = None
+        self._admin_server: AdminServer | None = None
         self._registry = CollectorRegistry(auto_describe=True)
         self._collector: ResolverCollector | None = None
         self._watches: dict[tuple[str, str], _WatchRunner] = {}
@@ -247,7 +250,7 @@ class Sidecar:
                 self._listeners.clear()
                 if self._admin is not None:
                     await self._admin.stop()
-                    self._admin = None
+                    self._admin = self._admin_server = None
                 if self._resolver_host is not None:
                     await self._resolver_host.stop()
                     self._resolver_host = None
@@ -301,7 +304,7 @@ class Sidecar:
         hosted = _Hosted(server, f"admin {address}")
         assert self._tg is not None
         await hosted.start(self._tg)
-        old, self._admin = self._admin, hosted
+        old, self._admin, self._admin_server = self._admin, hosted, server
         self._say(f"admin on http://{server.address}")
         if old is not None:
             await old.stop()
@@ -477,6 +480,20 @@ class Sidecar:
                 for _, listener in self._listeners.values()
             ),
         )
+
+    def stub_addresses(self) -> list[ListenAddress]:
+        """Where the stub listens, with the ports actually bound (a configured port 0 picks one)."""
+        return [
+            ListenAddress(bind_host(address), listener.dns.port)
+            for address, (_, listener) in self._listeners.items()
+        ]
+
+    def admin_address(self) -> ListenAddress:
+        """Where the admin server listens, with the port actually bound."""
+        if self._admin_server is None:
+            raise RuntimeError("the admin server is not running")
+        configured = self.config.admin.listen
+        return ListenAddress(bind_host(configured), self._admin_server.port)
 
     def _updates_by_name(self) -> dict[str, int]:
         by_name: dict[str, int] = {}
