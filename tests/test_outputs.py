@@ -329,6 +329,7 @@ def test_a_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
                 broken.append(data[:80])
 
     thread = threading.Thread(target=reader)
+    descriptors = open_descriptors()
     thread.start()
     try:
         for n in range(1000):
@@ -343,16 +344,23 @@ def test_a_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     assert json.loads(target.read_bytes())["n"] == 999
     assert leftovers(tmp_path) == []
     assert (target.stat().st_mode & 0o777) == 0o644
+    assert open_descriptors() == descriptors
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def test_failed_writes_leave_no_temp_files(tmp_path: Path) -> None:
     (tmp_path / "a-directory").mkdir()
+    descriptors = open_descriptors()
     with pytest.raises(IsADirectoryError):  # fails at the rename, after the temp was written
         write_atomic(tmp_path / "a-directory", b"data")
     with pytest.raises(FileNotFoundError):
         write_atomic(tmp_path / "missing" / "eds.json", b"data")
     assert leftovers(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory"]
+    assert open_descriptors() == descriptors
 
 
 def test_a_write_cut_short_by_a_full_disk_leaves_the_old_file(tmp_path: Path) -> None:
@@ -622,6 +630,37 @@ def test_watch_format_table_shows_every_endpoint(knot_server: KnotServer) -> Non
     finally:
         err = stop(process)
     assert "Traceback" not in err, err
+
+
+def test_watch_format_table_on_a_terminal_is_a_live_display(knot_server: KnotServer) -> None:
+    """On a terminal rich redraws one table in place (cursor movements, no scrolling copies)."""
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "LINES": "40", "TERM": "xterm"}
+    env["PYTHONPATH"] = str(Path(srvwatch.__file__).parent.parent)
+    command = [sys.executable, "-m", "srvwatch.cli", "watch", NAME, "-n", knot_server.address()]
+    process = subprocess.Popen(
+        [*command, "--format", "table"], stdout=terminal, stderr=subprocess.PIPE, env=env
+    )
+    os.close(terminal)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 15
+        while b"c.api.svc.test.:8080" not in screen or screen.count(b"age") < 2:
+            assert time.monotonic() < deadline, screen.decode(errors="replace")
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                screen += os.read(controller, 65536)
+    finally:
+        stop(process)  # type: ignore[arg-type]
+        os.close(controller)
+    text = screen.decode(errors="replace")
+    assert "\x1b[2K" in text, "a live display erases and redraws its lines"
+    for target, address in zones.HTTP_A.items():
+        assert target in text
+        assert address in text
 
 
 def test_watch_keeps_the_name_type_form(knot_server: KnotServer) -> None:
