@@ -335,7 +335,7 @@ def test_envoy_examples_match_the_contract() -> None:
     assert eds_path in eds_files
     resolvers = by_type["STRICT_DNS"]["typed_dns_resolver_config"]["typed_config"]["resolvers"]
     assert {r["socket_address"]["port_value"] for r in resolvers} <= stub_ports
-    (eds,) = blocks_of("json", "sidecar.md")
+    (eds,) = [b for b in blocks_of("json", "sidecar.md") if '"resources"' in b.text]
     response = json.loads(eds.text)
     (assignment,) = response["resources"]
     assert assignment["@type"] == (
@@ -349,6 +349,27 @@ def test_envoy_examples_match_the_contract() -> None:
             assert lb["load_balancing_weight"] >= 1
             socket_address = lb["endpoint"]["address"]["socket_address"]
             assert 0 < socket_address["port_value"] < 65536
+
+
+def test_output_file_examples_are_what_the_code_writes() -> None:
+    """The JSON-file example is update_document's shape, the EDS example eds_document's output."""
+    from srvwatch.server.outputs import eds_document, update_document
+
+    (shown,) = [b for b in blocks_of("json", "sidecar.md") if '"no_service"' in b.text]
+    (eds,) = [b for b in blocks_of("json", "sidecar.md") if '"resources"' in b.text]
+    document = json.loads(shown.text)
+    endpoints = srvwatch.EndpointSet(
+        document["name"],
+        [
+            srvwatch.Endpoint(e["target"], e["port"], e["priority"], e["weight"], e["addresses"])
+            for e in document["endpoints"]
+        ],
+        ttl=document["ttl"],
+    )
+    update = srvwatch.Update.between(None, endpoints, version=document["version"])
+    assert update_document(update) == document
+    cluster = json.loads(eds.text)["resources"][0]["cluster_name"]
+    assert eds_document(update, cluster) == json.loads(eds.text)
 
 
 # -- the references in step with the code ----------------------------------------------

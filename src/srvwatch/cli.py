@@ -150,12 +150,13 @@ async def _demo(out: TextIO, forever: bool = False, step: float = 2.0) -> int:
 
 
 async def _watch(args: argparse.Namespace, out: TextIO) -> int:
+    from .watchview import show_watches, watch_targets
+
+    names, rdtype = watch_targets(args.name, args.type)
     policy = Policy(timeout=args.timeout, lifetime=max(args.lifetime, args.timeout))
     resolver = Resolver(args.nameserver or None, policy=policy)
-    async with resolver, resolver.watch(args.name, args.type) as updates:
-        async for update in updates:
-            print_update(update, out)
-            out.flush()
+    async with resolver:
+        await show_watches(resolver, names, rdtype, args.format, out, text=print_update)
     return 0
 
 
@@ -187,9 +188,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     resolve.add_argument("--timeout", type=float, default=1.0, help="per attempt, seconds")
     resolve.add_argument("--lifetime", type=float, default=5.0, help="per lookup, seconds")
-    watch = commands.add_parser("watch", help="print every change of a name until Ctrl-C")
-    watch.add_argument("name")
-    watch.add_argument("type", nargs="?", default="SRV", choices=["SRV", "A", "AAAA"])
+    watch = commands.add_parser(
+        "watch", help="print every change of one or more names until Ctrl-C"
+    )
+    watch.add_argument("name", nargs="+", help="names to watch (NAME TYPE also works)")
+    watch.add_argument(
+        "-t", "--type", type=str.upper, choices=["SRV", "A", "AAAA"], help="default SRV"
+    )
+    watch.add_argument(
+        "--format",
+        choices=["text", "json", "table"],
+        default="text",
+        help="text (default), json (a document per line) or table (live; needs rich)",
+    )
     watch.add_argument("-n", "--nameserver", action="append", help="as for resolve")
     watch.add_argument("--timeout", type=float, default=1.0, help="per attempt, seconds")
     watch.add_argument("--lifetime", type=float, default=5.0, help="per lookup, seconds")
