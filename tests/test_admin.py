@@ -157,7 +157,7 @@ def balanced(stats: dict[str, int]) -> None:
         ("sse_opened", "sse_closed"),
     ]:
         assert stats[opened] == stats[closed], (opened, stats)
-    assert stats["connections_open"] == stats["sse_pending"] == 0, stats
+    assert stats["connections_open"] == stats["sse_pending"] == stats["handler_errors"] == 0, stats
 
 
 async def wait_for(condition: Any, within: float = 10.0) -> None:
@@ -526,7 +526,9 @@ async def test_a_reader_that_never_reads_is_closed_after_the_write_timeout() -> 
                         await anyio.sleep(0.05)
             finally:
                 client.close()
-            assert site.admin.stats()["connections_open"] == 0
+            stats = site.admin.stats()
+            assert stats["connections_open"] == 0
+            assert stats["connections_timed_out"] == 1
 
 
 # -- ownership ------------------------------------------------------------------------------

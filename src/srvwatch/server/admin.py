@@ -55,6 +55,8 @@ _ALLOW = "GET, HEAD"
 _PATHS = ("/health", "/ready", "/metrics", "/endpoints", "/watch")
 _RECEIVE_SIZE = 65536
 _STREAM_SEND_BUFFER = 65536
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+"""What a socket raises when the client has gone away."""
 _STREAM_END_GRACE = 1.0  # seconds aclose() gives event streams to send their last chunk
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
@@ -368,13 +370,10 @@ class AdminServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         try:
             await self._serve_requests(stream, conn)
-        except (
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-            anyio.EndOfStream,
-            OSError,
-            TimeoutError,
-        ) as exc:
+        except TimeoutError:
+            self.connections_timed_out += 1
+            log.debug("%s: a client did not take its response in time", self.name)
+        except _GONE as exc:
             log.debug("%s: connection ended: %r", self.name, exc)
         except Exception:
             self.handler_errors += 1
@@ -646,7 +645,22 @@ class AdminServer:
     async def _push(
         self, stream: anyio.abc.SocketStream, conn: h11.Connection, feed: _Feed
     ) -> None:
-        """Write the newest update when there is one; a comment after a quiet while."""
+        """Write the newest update when there is one; a comment after a quiet while.
+
+        Returns when the stream ends, the client goes away or does not take an
+        event within ``write_timeout``: never raises for what a client does.
+        """
+        try:
+            await self._push_events(stream, conn, feed)
+        except TimeoutError:
+            self.connections_timed_out += 1
+            log.debug("%s: an event stream's reader stalled; closed", self.name)
+        except _GONE as exc:
+            log.debug("%s: event stream ended: %r", self.name, exc)
+
+    async def _push_events(
+        self, stream: anyio.abc.SocketStream, conn: h11.Connection, feed: _Feed
+    ) -> None:
         while True:
             with anyio.move_on_after(self.keepalive_interval):
                 await feed.wake.wait()
@@ -672,7 +686,7 @@ class AdminServer:
         try:
             while True:
                 await stream.receive(_RECEIVE_SIZE)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        except _GONE:
             pass
         scope.cancel()
 
@@ -683,6 +697,8 @@ async def _pull(updates: AsyncIterator[Update], feed: _Feed) -> None:
         async for update in updates:
             feed.latest = update
             feed.wake.set()
+    except Exception:
+        log.exception("a watch stream failed; its event stream ends")
     finally:
         feed.ended = True
         feed.wake.set()
