@@ -43,6 +43,7 @@ import srvwatch
 import srvwatch.contrib
 import srvwatch.contrib.aiohttp
 import srvwatch.contrib.httpx
+import srvwatch.prometheus
 import srvwatch.testing
 from tests import zones
 from tests.contrib_http import Backend
@@ -335,7 +336,7 @@ def test_envoy_examples_match_the_contract() -> None:
     assert eds_path in eds_files
     resolvers = by_type["STRICT_DNS"]["typed_dns_resolver_config"]["typed_config"]["resolvers"]
     assert {r["socket_address"]["port_value"] for r in resolvers} <= stub_ports
-    (eds,) = blocks_of("json", "sidecar.md")
+    (eds,) = [b for b in blocks_of("json", "sidecar.md") if "version_info" in b.text]
     response = json.loads(eds.text)
     (assignment,) = response["resources"]
     assert assignment["@type"] == (
@@ -349,6 +350,24 @@ def test_envoy_examples_match_the_contract() -> None:
             assert lb["load_balancing_weight"] >= 1
             socket_address = lb["endpoint"]["address"]["socket_address"]
             assert 0 < socket_address["port_value"] < 65536
+
+
+def test_the_watch_document_example_has_the_shape_the_code_gives() -> None:
+    from srvwatch.server.outputs import update_document
+
+    (block,) = [b for b in blocks_of("json", "sidecar.md") if '"no_service"' in b.text]
+    shown = json.loads(block.text)
+    (shown_endpoint,) = shown["endpoints"]
+    record = (
+        shown_endpoint["priority"],
+        shown_endpoint["target"],
+        shown_endpoint["port"],
+        shown_endpoint["weight"],
+        tuple(shown_endpoint["addresses"]),
+    )
+    endpoints = srvwatch.EndpointSet.from_wire(shown["name"], [record], ttl=shown["ttl"])
+    update = srvwatch.Update.between(None, endpoints, version=shown["version"])
+    assert update_document(update) == shown
 
 
 # -- the references in step with the code ----------------------------------------------
@@ -371,25 +390,39 @@ def test_metrics_reference_lists_exactly_the_stats_counters() -> None:
     assert documented == list(stats), "counters missing, extra or out of order"
 
 
-def test_prometheus_contract_names_real_sources() -> None:
-    rows = table(section("metrics.md", "## The sidecar's Prometheus metrics"))
-    stats = srvwatch.Resolver(["127.0.0.1"]).stats()
-    names = [code(row[0])[0] for row in rows]
-    assert len(names) == len(set(names))
+def test_prometheus_reference_lists_exactly_what_the_collector_yields() -> None:
+    from srvwatch.prometheus import ResolverCollector, SidecarInfo
+
+    rows = table(section("metrics.md", "## Prometheus metrics"))
+    resolver = srvwatch.Resolver(["127.0.0.1"])
+    info = SidecarInfo(watch_updates={"_http._tcp.api.svc.test.": 1})
+    families = {
+        family.name + ("_total" if family.type == "counter" else ""): family
+        for family in ResolverCollector(resolver, lambda: info).collect()
+    }
+    documented = [code(row[0])[0] for row in rows]
+    assert len(documented) == len(set(documented))
+    assert set(documented) == set(families), "families missing or extra"
+    stats = resolver.stats()
+    sources = {"srvwatch.__version__", "Resolver.upstreams()", "Resolver.stub_responses()"}
     for row in rows:
-        name, kind, source = code(row[0])[0], row[1], row[3]
-        assert name.startswith("srvwatch_"), name
-        assert name.endswith("_total") == kind.startswith("counter"), name
+        name, kind, labels, source = code(row[0])[0], row[1], code(row[2]), row[3]
+        family = families[name]
+        assert kind.split(" ")[0] == family.type, name
+        yielded = {label for sample in family.samples for label in sample.labels}
+        assert set(labels) == yielded or not family.samples, f"{name}: labels {yielded}"
         for counter in code(source):
-            if counter != "srvwatch.__version__":
-                assert counter in stats, f"{name}: no stats() counter {counter!r}"
+            if counter.startswith("SidecarInfo."):
+                assert hasattr(info, counter.split(".", 1)[1]), f"{name}: no {counter}"
+            else:
+                assert counter in stats or counter in sources, f"{name}: no source {counter!r}"
     assert srvwatch.__version__
 
 
 def test_api_reference_covers_the_public_api() -> None:
     text = (DOCS / "api.md").read_text()
     entries = set(re.findall(r"^::: (\S+)$", text, re.MULTILINE))
-    modules = [srvwatch, srvwatch.testing, srvwatch.contrib]
+    modules = [srvwatch, srvwatch.prometheus, srvwatch.testing, srvwatch.contrib]
     expected = {f"{m.__name__}.{name}" for m in modules for name in m.__all__}
     expected |= {"srvwatch.contrib.aiohttp.Resolver", "srvwatch.contrib.httpx.AsyncTransport"}
     assert expected <= entries, expected - entries
