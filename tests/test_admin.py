@@ -612,3 +612,25 @@ async def test_keepalive_comments_keep_a_quiet_stream_open(knot_server: KnotServ
         assert received.count(b"data: ") == 1
         assert received.count(b": keep-alive\n\n") >= 3
         assert site.admin.stats()["sse_keepalives"] >= 3
+
+
+@pytest.mark.parametrize(
+    ("listen", "bound", "connect"),
+    [
+        (ListenAddress("", 0), "0.0.0.0", "127.0.0.1"),  # ":PORT": every IPv4 interface
+        (ListenAddress("localhost", 0), "127.0.0.1", "127.0.0.1"),
+        (ListenAddress("::1", 0), "[::1]", "[::1]"),
+    ],
+)
+async def test_every_listen_form_binds_where_it_says(
+    listen: ListenAddress, bound: str, connect: str
+) -> None:
+    state: Any = object()  # /health of this server is never asked: only the bind matters
+    async with AdminServer(state, CollectorRegistry(), listen) as admin:
+        host, port = admin.address.rsplit(":", 1)
+        assert host == bound
+        assert int(port) > 0
+        async with httpx.AsyncClient() as client:
+            missing = await client.get(f"http://{connect}:{port}/nothing-here")
+        assert missing.status_code == 404
+    assert admin.stats()["sockets_opened"] == admin.stats()["sockets_closed"] == 1
