@@ -43,6 +43,7 @@ import srvwatch
 import srvwatch.contrib
 import srvwatch.contrib.aiohttp
 import srvwatch.contrib.httpx
+import srvwatch.prometheus
 import srvwatch.testing
 from tests import zones
 from tests.contrib_http import Backend
@@ -392,25 +393,39 @@ def test_metrics_reference_lists_exactly_the_stats_counters() -> None:
     assert documented == list(stats), "counters missing, extra or out of order"
 
 
-def test_prometheus_contract_names_real_sources() -> None:
-    rows = table(section("metrics.md", "## The sidecar's Prometheus metrics"))
-    stats = srvwatch.Resolver(["127.0.0.1"]).stats()
-    names = [code(row[0])[0] for row in rows]
-    assert len(names) == len(set(names))
+def test_prometheus_reference_lists_exactly_what_the_collector_yields() -> None:
+    from srvwatch.prometheus import ResolverCollector, SidecarInfo
+
+    rows = table(section("metrics.md", "## Prometheus metrics"))
+    resolver = srvwatch.Resolver(["127.0.0.1"])
+    info = SidecarInfo(watch_updates={"_http._tcp.api.svc.test.": 1})
+    families = {
+        family.name + ("_total" if family.type == "counter" else ""): family
+        for family in ResolverCollector(resolver, lambda: info).collect()
+    }
+    documented = [code(row[0])[0] for row in rows]
+    assert len(documented) == len(set(documented))
+    assert set(documented) == set(families), "families missing or extra"
+    stats = resolver.stats()
+    sources = {"srvwatch.__version__", "Resolver.upstreams()", "Resolver.stub_responses()"}
     for row in rows:
-        name, kind, source = code(row[0])[0], row[1], row[3]
-        assert name.startswith("srvwatch_"), name
-        assert name.endswith("_total") == kind.startswith("counter"), name
+        name, kind, labels, source = code(row[0])[0], row[1], code(row[2]), row[3]
+        family = families[name]
+        assert kind.split(" ")[0] == family.type, name
+        yielded = {label for sample in family.samples for label in sample.labels}
+        assert set(labels) == yielded or not family.samples, f"{name}: labels {yielded}"
         for counter in code(source):
-            if counter != "srvwatch.__version__":
-                assert counter in stats, f"{name}: no stats() counter {counter!r}"
+            if counter.startswith("SidecarInfo."):
+                assert hasattr(info, counter.split(".", 1)[1]), f"{name}: no {counter}"
+            else:
+                assert counter in stats or counter in sources, f"{name}: no source {counter!r}"
     assert srvwatch.__version__
 
 
 def test_api_reference_covers_the_public_api() -> None:
     text = (DOCS / "api.md").read_text()
     entries = set(re.findall(r"^::: (\S+)$", text, re.MULTILINE))
-    modules = [srvwatch, srvwatch.testing, srvwatch.contrib]
+    modules = [srvwatch, srvwatch.prometheus, srvwatch.testing, srvwatch.contrib]
     expected = {f"{m.__name__}.{name}" for m in modules for name in m.__all__}
     expected |= {"srvwatch.contrib.aiohttp.Resolver", "srvwatch.contrib.httpx.AsyncTransport"}
     assert expected <= entries, expected - entries

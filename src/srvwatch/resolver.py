@@ -239,6 +239,10 @@ class Resolver:
         """Each nameserver's health: up, answered, failures, last error, next probe (seconds)."""
         return self._transport.health.snapshot()
 
+    def stub_responses(self) -> dict[int, int]:
+        """Replies the DNS stub sent from this resolver's store, by rcode (0 NOERROR...)."""
+        return dict(self._counters.stub_responses)
+
     def queries_by_name(self) -> dict[str, int]:
         """Upstream queries sent per absolute name (the first 10,000 names seen)."""
         return dict(self._counters.queries_by_name)
