@@ -238,14 +238,16 @@ class DnsListener:
         """
         if self._tg is not None:
             self._udp_reading.cancel()
-            for listener in self._listeners:
-                await anyio.aclose_forcefully(listener)
-                self.sockets_closed += 1
-            self._listeners = []
-            with anyio.move_on_after(grace):
-                # Polled: once per shutdown, and the hot path stays free of wake-ups.
-                while self._deferred:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+            # Shielded: a drain is often the cleanup of a cancelled task.
+            with anyio.CancelScope(shield=True):
+                for listener in self._listeners:
+                    await anyio.aclose_forcefully(listener)
+                    self.sockets_closed += 1
+                self._listeners = []
+                with anyio.move_on_after(grace):
+                    # Polled: once per shutdown, and the hot path stays free of wake-ups.
+                    while self._deferred:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
         await self.aclose()
 
     async def aclose(self) -> None:

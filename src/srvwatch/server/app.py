@@ -102,11 +102,10 @@ class _Listener(AbstractAsyncContextManager["_Listener"]):
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        with anyio.CancelScope(shield=True):
-            if self.grace > 0:
-                await self.dns.drain(self.grace)
-            else:
-                await self.dns.aclose()
+        if self.grace > 0:
+            await self.dns.drain(self.grace)
+        else:
+            await self.dns.aclose()
 
 
 @dataclass(eq=False)
@@ -403,7 +402,7 @@ class Sidecar:
             self._start_watch(runner.config, gates_ready=False)
             self._watches[key].latest = runner.latest  # the endpoints served while it warms
         with anyio.move_on_after(new.policy.lifetime):
-            while not resolver.transport.health.any_answered():  # noqa: ASYNC110
+            while not resolver.transport.health.any_answered:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         self._stub = Stub(resolver, allow=new.stub.allow)
         self._collect(resolver)
@@ -433,7 +432,7 @@ class Sidecar:
             for address, (_, listener) in self._listeners.items()
             if not listener.dns.serving
         ]
-        if self._resolver is None or not self._resolver.transport.health.any_answered():
+        if self._resolver is None or not self._resolver.transport.health.any_answered:
             waiting.append("upstream: no nameserver has answered yet")
         for runner in self._watches.values():
             if runner.gates_ready and not runner.has_data:
