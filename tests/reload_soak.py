@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import dns.message
 import dns.rcode
 import httpx
@@ -65,7 +66,7 @@ class SoakResult:
     before: dict[str, int] = field(default_factory=dict)
     after: dict[str, int] = field(default_factory=dict)
     resolver_stats: dict[str, int] = field(default_factory=dict)
-    listener_pairs: list[dict[str, int]] = field(default_factory=list)
+    sidecar_stats: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -89,22 +90,23 @@ def _config(upstream: str, fixed: int, moving: int, admin: int, flip: bool) -> s
     )
 
 
-async def _query_load(port: int, result: SoakResult, stop: anyio.Event) -> None:
+async def _query_load(
+    sock: anyio.abc.ConnectedUDPSocket, result: SoakResult, stop: anyio.Event
+) -> None:
     """A client that keeps asking the stub on the port that never moves."""
     names = ["a.api.svc.test.", "b.api.svc.test.", zones.HTTP_SRV]
-    async with await anyio.create_connected_udp_socket(HOST, port) as sock:
-        while not stop.is_set():
-            query = dns.message.make_query(random.choice(names), "A")
-            result.queries += 1
-            await sock.send(query.to_wire())
-            with anyio.move_on_after(1.0):
-                while True:
-                    reply = dns.message.from_wire(await sock.receive())
-                    if reply.id == query.id:
-                        if reply.rcode() == dns.rcode.NOERROR:
-                            result.answered += 1
-                        break
-            await anyio.sleep(0.002)
+    while not stop.is_set():
+        query = dns.message.make_query(random.choice(names), "A")
+        result.queries += 1
+        await sock.send(query.to_wire())
+        with anyio.move_on_after(1.0):
+            while True:
+                reply = dns.message.from_wire(await sock.receive())
+                if reply.id == query.id:
+                    if reply.rcode() == dns.rcode.NOERROR:
+                        result.answered += 1
+                    break
+        await anyio.sleep(0.002)
 
 
 def _sample(reloads: int, started: float) -> Sample:
@@ -146,8 +148,9 @@ async def soak(
                     while (await http.get("/ready")).status_code != 200:  # noqa: ASYNC110
                         await anyio.sleep(0.05)
                 stop = anyio.Event()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_query_load, fixed, result, stop)
+                client = await anyio.create_connected_udp_socket(HOST, fixed)
+                async with client, anyio.create_task_group() as tg:
+                    tg.start_soon(_query_load, client, result, stop)
                     started = time.monotonic()
                     total = warmup + reloads
                     for i in range(1, total + 1):
@@ -166,9 +169,10 @@ async def soak(
                         if i > warmup and (i - warmup) % sample_every == 0:
                             result.samples.append(_sample(i - warmup, started))
                     result.seconds = time.monotonic() - started
+                    await _settle(sidecar)
+                    result.after = _counts(sidecar)
+                    result.sidecar_stats = sidecar.stats()
                     stop.set()
-                await _settle(sidecar)
-                result.after = _counts(sidecar)
                 result.resolver_stats = sidecar.resolver.stats()
     return result
 
@@ -182,5 +186,6 @@ def _counts(sidecar: Sidecar) -> dict[str, Any]:
         "rss": rss_bytes(),
         "resolver_sockets_open": stats["sockets_opened"] - stats["sockets_closed"],
         "loops_running": stats["loops_running"],
+        "resolver_tasks": stats["tasks_running"],
         **sidecar.counts(),
     }

@@ -210,6 +210,7 @@ class Resolver:
         snapshot = self._counters.snapshot()
         snapshot["flights_in_progress"] = len(self._flights)
         snapshot["loops_running"] = len(self._watches)
+        snapshot["tasks_running"] = len(self._tasks)
         snapshot["cache_entries"] = len(self._store)
         snapshot["cache_evictions"] = self._store.evictions
         health = self._transport.health

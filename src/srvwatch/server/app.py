@@ -17,6 +17,7 @@ warm up, but only the watches present at start-up gate readiness.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import signal
@@ -207,6 +208,9 @@ class Sidecar:
         self.reloads = 0
         self.reload_failures = 0
         self._reload_lock = anyio.Lock()
+        self._opened: collections.Counter[str] = collections.Counter()
+        self._retired: collections.Counter[str] = collections.Counter()
+        """The summed stats() of closed stub listeners."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -241,15 +245,14 @@ class Sidecar:
             return
         try:
             with anyio.CancelScope(shield=True):
-                for runner in list(self._watches.values()):
-                    await runner.stop()
-                self._watches.clear()
-                for hosted, _ in list(self._listeners.values()):
-                    await hosted.stop()
-                self._listeners.clear()
+                for key in list(self._watches):
+                    await self._stop_watch(key)
+                for address in list(self._listeners):
+                    await self._stop_listener(address)
                 if self._admin is not None:
                     await self._admin.stop()
                     self._admin = self._admin_server = None
+                    self._opened["admin_servers_closed"] += 1
                 if self._resolver_host is not None:
                     await self._resolver_host.stop()
                     self._resolver_host = None
@@ -296,6 +299,7 @@ class Sidecar:
         assert self._tg is not None
         await hosted.start(self._tg)
         self._listeners[address] = (hosted, listener)
+        self._opened["listeners_opened"] += 1
         self._say(f"DNS stub on {listener.dns.address} (UDP and TCP)")
 
     async def _start_admin(self, address: ListenAddress) -> None:
@@ -304,9 +308,11 @@ class Sidecar:
         assert self._tg is not None
         await hosted.start(self._tg)
         old, self._admin, self._admin_server = self._admin, hosted, server
+        self._opened["admin_servers_opened"] += 1
         self._say(f"admin on http://{server.address}")
         if old is not None:
             await old.stop()
+            self._opened["admin_servers_closed"] += 1
 
     def _collect(self, resolver: Resolver) -> None:
         """Point /metrics at ``resolver``: one collector, reading its counters at scrape time."""
@@ -318,8 +324,20 @@ class Sidecar:
     def _start_watch(self, watch: WatchConfig, *, gates_ready: bool) -> None:
         runner = _WatchRunner(watch, _outputs(watch), gates_ready)
         self._watches[_watch_key(watch)] = runner
+        self._opened["watches_started"] += 1
         assert self._tg is not None
         self._tg.start_soon(runner.run, self.resolver)
+
+    async def _stop_watch(self, key: tuple[str, str]) -> None:
+        await self._watches.pop(key).stop()
+        self._opened["watches_stopped"] += 1
+
+    async def _stop_listener(self, address: ListenAddress) -> None:
+        """Close a stub listener and keep its counters, so the pairs can be checked later."""
+        hosted, listener = self._listeners.pop(address)
+        await hosted.stop()
+        self._opened["listeners_closed"] += 1
+        self._retired.update(listener.dns.stats())
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -359,8 +377,7 @@ class Sidecar:
                 await self._start_admin(new.admin.listen)
         except BaseException:
             for address in started:
-                hosted, _ = self._listeners.pop(address)
-                await hosted.stop()
+                await self._stop_listener(address)
             raise
         # 2. The resolver: a new one for new upstreams (its watches warmed before the
         #    switch), else the new policy applied in place, keeping the store.
@@ -375,7 +392,7 @@ class Sidecar:
         # 3. Watches: removed ones stop (and close their loops), added ones start.
         wanted = {_watch_key(w): w for w in new.watch}
         for key in [k for k in self._watches if k not in wanted]:
-            await self._watches.pop(key).stop()
+            await self._stop_watch(key)
         for key, watch in wanted.items():
             runner = self._watches.get(key)
             if runner is None:
@@ -387,8 +404,7 @@ class Sidecar:
                     await runner.outputs.write(runner.latest)
         # 4. Listeners no longer wanted close last: the new ones already answer.
         for address in [a for a in self._listeners if a not in new.stub.listen]:
-            hosted, _ = self._listeners.pop(address)
-            await hosted.stop()
+            await self._stop_listener(address)
         self.config = new
         self._say(f"reloaded config {new.digest[:12]}")
 
@@ -408,6 +424,7 @@ class Sidecar:
         self._collect(resolver)
         for runner in old_runners.values():
             await runner.stop()
+            self._opened["watches_stopped"] += 1
         if old_host is not None:
             await old_host.stop()
         log.info("upstreams now %s (was %s)", resolver.nameservers, old_resolver)
@@ -500,6 +517,26 @@ class Sidecar:
             name = runner.config.name
             by_name[name] = by_name.get(name, 0) + runner.updates
         return by_name
+
+    def stats(self) -> dict[str, int]:
+        """Opened/closed pairs of what the sidecar owns, for leak checks.
+
+        ``listeners_*``, ``watches_*`` and ``admin_servers_*`` count starts and
+        stops; ``retired_*`` sums the counters of every stub listener closed
+        so far, whose pairs (sockets, connections, tasks) must each balance.
+        """
+        stats = dict(self._opened)
+        for key in (
+            "listeners_opened",
+            "listeners_closed",
+            "watches_started",
+            "watches_stopped",
+            "admin_servers_opened",
+            "admin_servers_closed",
+        ):
+            stats.setdefault(key, 0)
+        stats.update({f"retired_{key}": value for key, value in self._retired.items()})
+        return stats
 
     def counts(self) -> dict[str, int]:
         """What is open now, for leak checks: listeners, watches, admin servers."""
