@@ -364,7 +364,7 @@ def test_srvwatch_serve_end_to_end(knot_server: KnotServer) -> None:
 
     port = free_port()
     command = [
-        sys.executable, "-m", "srvwatch.cli", "serve",
+        sys.executable, "-m", "srvwatch.cli", "serve", "--admin", f"127.0.0.1:{free_port()}",
         "--listen", f"127.0.0.1:{port}", "--upstream", knot_server.address(),
         "--watch", zones.HTTP_SRV, "--loop", "asyncio",
     ]  # fmt: skip

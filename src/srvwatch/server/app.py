@@ -597,4 +597,6 @@ async def serve(
 ) -> int:
     """Run the sidecar until SIGTERM or SIGINT; 0 on a clean stop."""
     async with Sidecar(config, overrides=overrides, out=out) as sidecar:
-        return await sidecar.run()
+        status = await sidecar.run()
+    print("srvwatch: stopped", file=out, flush=True)
+    return status
