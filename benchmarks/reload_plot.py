@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "reload.json"
 DEFAULT_OUT = ROOT / "docs" / "reload.png"
 PANELS = (
-    ("descriptors", "open descriptors", 1),
-    ("tasks", "tasks", 1),
-    ("rss", "RSS (MiB)", 1024 * 1024),
+    ("descriptors", "resolver_sockets", "open descriptors (besides upstream sockets)", 1),
+    ("tasks", "resolver_tasks", "tasks (besides the resolver's lookups)", 1),
+    ("rss", None, "RSS (MiB)", 1024 * 1024),
 )
 
 
@@ -32,12 +32,12 @@ def main(results_path: Path = DEFAULT_RESULTS, out: Path = DEFAULT_OUT) -> None:
 
     results = json.loads(results_path.read_text())
     fig, axes = plt.subplots(1, len(PANELS), figsize=(12, 3.6))
-    for ax, (key, label, scale) in zip(axes, PANELS, strict=True):
+    for ax, (key, minus, label, scale) in zip(axes, PANELS, strict=True):
         for flavour, result in results.items():
             samples = result["samples"]
             ax.plot(
                 [s["reloads"] for s in samples],
-                [s[key] / scale for s in samples],
+                [(s[key] - (s[minus] if minus else 0)) / scale for s in samples],
                 marker="o",
                 markersize=3,
                 label=flavour,

@@ -53,6 +53,10 @@ class Sample:
     threads: int
     rss: int
     seconds: float
+    resolver_sockets: int
+    """Of the descriptors: the resolver's upstream UDP sockets, kept for reuse (load-dependent)."""
+    resolver_tasks: int
+    """Of the tasks: the resolver's lookups and timers running at that moment."""
 
 
 @dataclass
@@ -109,7 +113,8 @@ async def _query_load(
         await anyio.sleep(0.002)
 
 
-def _sample(reloads: int, started: float) -> Sample:
+def _sample(sidecar: Sidecar, reloads: int, started: float) -> Sample:
+    stats = sidecar.resolver.stats()
     return Sample(
         reloads,
         open_descriptors(),
@@ -117,6 +122,8 @@ def _sample(reloads: int, started: float) -> Sample:
         threading.active_count(),
         rss_bytes(),
         time.monotonic() - started,
+        stats["sockets_opened"] - stats["sockets_closed"],
+        stats["tasks_running"],
     )
 
 
@@ -157,7 +164,7 @@ async def soak(
                         if i == warmup + 1:
                             await _settle(sidecar)
                             result.before = _counts(sidecar)
-                            result.samples.append(_sample(0, started))
+                            result.samples.append(_sample(sidecar, 0, started))
                         path.write_text(texts[i % 2])
                         if await sidecar.reload():
                             result.reloads += 1
@@ -167,7 +174,7 @@ async def soak(
                         if ready.status_code != 200:
                             result.not_ready.append(f"after reload {i}: {ready.text!r}")
                         if i > warmup and (i - warmup) % sample_every == 0:
-                            result.samples.append(_sample(i - warmup, started))
+                            result.samples.append(_sample(sidecar, i - warmup, started))
                     result.seconds = time.monotonic() - started
                     await _settle(sidecar)
                     result.after = _counts(sidecar)
@@ -189,3 +196,61 @@ def _counts(sidecar: Sidecar) -> dict[str, Any]:
         "resolver_tasks": stats["tasks_running"],
         **sidecar.counts(),
     }
+
+
+RSS_GROWTH_LIMIT = 2 * 1024 * 1024
+
+
+def leaks(result: SoakResult, reloads: int) -> list[str]:
+    """What the soak shows left behind or broken; empty when nothing leaked."""
+    problems: list[str] = []
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    before, after, pairs = result.before, result.after, result.sidecar_stats
+    expect(result.rejected == 0, f"{result.rejected} reloads rejected")
+    expect(result.reloads >= reloads, f"{result.reloads} reloads applied, not {reloads}")
+    expect(not result.not_ready, f"/ready not 200: {result.not_ready[:3]}")
+    expect(result.queries > 100, f"only {result.queries} queries sent")
+    # The stub never stopped answering (the last query may be cut by the stop).
+    expect(result.answered >= result.queries - 1, f"{result.answered}/{result.queries} answered")
+    for key in ("threads", "listeners", "watches", "admin"):
+        expect(after[key] == before[key], f"{key}: {before[key]} -> {after[key]}")
+    # The resolver keeps a few upstream sockets for reuse and runs lookups, as many as
+    # the load needs at that moment (its own counter pairs account for them); the rest
+    # of the descriptors and tasks end exactly where they started.
+    for key, resolvers in (("descriptors", "resolver_sockets_open"), ("tasks", "resolver_tasks")):
+        was, now = before[key] - before[resolvers], after[key] - after[resolvers]
+        expect(was == now, f"{key} besides the resolver's: {was} -> {now}")
+    expect(
+        after["resolver_sockets_open"] <= 8, f"{after['resolver_sockets_open']} upstream sockets"
+    )
+    growth = after["rss"] - before["rss"]
+    expect(growth < RSS_GROWTH_LIMIT, f"RSS grew {growth} bytes")
+    expect(
+        pairs["listeners_opened"] - pairs["listeners_closed"] == after["listeners"],
+        f"listeners opened/closed {pairs['listeners_opened']}/{pairs['listeners_closed']}",
+    )
+    expect(pairs["listeners_closed"] >= reloads, f"only {pairs['listeners_closed']} closed")
+    expect(
+        pairs["watches_started"] - pairs["watches_stopped"] == after["watches"],
+        f"watches started/stopped {pairs['watches_started']}/{pairs['watches_stopped']}",
+    )
+    expect(pairs["admin_servers_opened"] - pairs["admin_servers_closed"] == 1, "admin servers")
+    # Every closed listener's own pairs balance: UDP and TCP sockets, connections, tasks.
+    for opened, closed in (
+        ("sockets_opened", "sockets_closed"),
+        ("connections_opened", "connections_closed"),
+        ("tasks_started", "tasks_finished"),
+    ):
+        a, b = pairs.get(f"retired_{opened}", 0), pairs.get(f"retired_{closed}", 0)
+        expect(a == b, f"closed listeners' {opened}/{closed}: {a}/{b}")
+    stats = result.resolver_stats
+    expect(
+        stats["loops_started"] - stats["loops_stopped"] == stats["loops_running"] == 2,
+        f"loops started/stopped/running {stats['loops_started']}/{stats['loops_stopped']}/"
+        f"{stats['loops_running']}",
+    )
+    return problems

@@ -1,4 +1,4 @@
-"""``srvwatch serve --config`` as a user runs it: SIGHUP and file-change reloads, lame-duck SIGTERM."""
+"""``srvwatch serve --config`` as a user runs it: reloads by SIGHUP and by file, lame-duck stop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -71,8 +71,8 @@ def loop(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ports() -> Iterator[tuple[int, int]]:
-    yield free_port(), free_port()
+def ports() -> tuple[int, int]:
+    return free_port(), free_port()
 
 
 def test_reloads_on_sighup_and_on_a_changed_file_then_stops_as_a_lame_duck(
@@ -83,9 +83,12 @@ def test_reloads_on_sighup_and_on_a_changed_file_then_stops_as_a_lame_duck(
     upstream = knot_server.address()
     path.write_text(_config(upstream, stub, admin, [zones.HTTP_SRV], lame_duck=1.5))
     command = [sys.executable, "-m", "srvwatch.cli", "serve", "--config", str(path)]
-    with subprocess.Popen(
-        [*command, "--loop", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as server, httpx.Client(base_url=f"http://{HOST}:{admin}", timeout=2.0) as http:
+    with (
+        subprocess.Popen(
+            [*command, "--loop", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as server,
+        httpx.Client(base_url=f"http://{HOST}:{admin}", timeout=2.0) as http,
+    ):
         try:
             _until(lambda: http.get("/ready").status_code == 200, 15, "/ready 200")
             assert _kdig(stub, "a.api.svc.test.").strip() == zones.HTTP_A["a.api.svc.test."]

@@ -260,3 +260,32 @@ async def _has_endpoints(http: httpx.AsyncClient, name: str) -> bool:
 
 def _threads() -> int:
     return threading.active_count()
+
+
+async def test_an_event_stream_ends_when_a_reload_removes_its_watch(
+    knot: KnotServer, tmp_path: Path
+) -> None:
+    stub, admin = free_port(), free_port()
+    path = tmp_path / "srvwatch.toml"
+    both = [HTTP_WATCH, ONE_WATCH]
+    config = config_of(config_text(knot.address(), [stub], admin, both), path)
+    async with running(config) as (sidecar, http):
+        await eventually(lambda: _status(http, "/ready", 200))
+        events: list[dict[str, Any]] = []
+        async with http.stream("GET", "/watch", params={"name": zones.ONE_SRV}) as stream:
+            lines = stream.aiter_lines()
+            async for line in lines:
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    break
+            path.write_text(config_text(knot.address(), [stub], admin, [HTTP_WATCH]))
+            assert await sidecar.reload()
+            with anyio.fail_after(5):
+                rest = [line async for line in lines]
+        assert events[0]["name"] == zones.ONE_SRV
+        assert all(not line.startswith("data:") for line in rest)
+        # Nothing keeps the removed name's refresh loop alive.
+        async def one_loop() -> bool:
+            return sidecar.resolver.stats()["loops_running"] == 1
+
+        await eventually(one_loop, 2.0)

@@ -157,6 +157,34 @@ class _WatchRunner:
         self._scope.cancel()
         await self._done.wait()
 
+    @property
+    def stopped(self) -> bool:
+        return self._done.is_set()
+
+    async def wait_stopped(self) -> None:
+        await self._done.wait()
+
+
+async def _until_removed(updates: Updates, runner: _WatchRunner) -> AsyncIterator[Update]:
+    """A watch's updates, ending when a reload removes the watch (its subscribers let go)."""
+    while not runner.stopped:
+        update: Update | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def end_on_removal() -> None:
+                await runner.wait_stopped()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(end_on_removal)
+            try:
+                update = await updates.__anext__()
+            except StopAsyncIteration:
+                pass
+            tg.cancel_scope.cancel()
+        if update is None:
+            return
+        yield update
+
 
 def _watch_key(watch: WatchConfig) -> tuple[str, str]:
     return (watch.name.lower().rstrip("."), watch.type)
@@ -477,13 +505,14 @@ class Sidecar:
         key = name.lower().rstrip(".")
         for runner in self._watches.values():
             if _watch_key(runner.config)[0] == key:
-                return self._subscription(runner.config)
+                return self._subscription(runner)
         raise KeyError(name)
 
     @asynccontextmanager
-    async def _subscription(self, watch: WatchConfig) -> AsyncIterator[Updates]:
+    async def _subscription(self, runner: _WatchRunner) -> AsyncIterator[AsyncIterator[Update]]:
+        watch = runner.config
         async with self.resolver.watch(watch.name, watch.type) as updates:
-            yield updates
+            yield _until_removed(updates, runner)
 
     def info(self) -> SidecarInfo:
         return SidecarInfo(
