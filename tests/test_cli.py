@@ -18,6 +18,12 @@ def test_demo_shows_a_rolling_deploy_and_an_outage() -> None:
     out = io.StringIO()
     assert main(["demo", "--step", "0.6"], out=out) == 0
     text = out.getvalue()
+    # The sidecar part: the stub answers a query, /ready and /metrics work.
+    assert re.search(r"DNS stub on 127\.0\.0\.1:\d+", text)
+    assert ";; status: NOERROR" in text
+    assert "api-1.svc.test. 1 IN A 10.0.0.11" in text
+    assert "/ready\n200 ready" in text
+    assert re.search(r"^srvwatch_stub_requests_total\{proto=\"udp\"\} 1\.0$", text, re.MULTILINE)
     versions = [int(v) for v in re.findall(r"^update (\d+)", text, re.MULTILINE)]
     assert versions == list(range(1, len(versions) + 1))
     assert "+api-3.svc.test.:8080['10.0.0.14']" in text

@@ -284,6 +284,7 @@ async def test_an_event_stream_ends_when_a_reload_removes_its_watch(
                 rest = [line async for line in lines]
         assert events[0]["name"] == zones.ONE_SRV
         assert all(not line.startswith("data:") for line in rest)
+
         # Nothing keeps the removed name's refresh loop alive.
         async def one_loop() -> bool:
             return sidecar.resolver.stats()["loops_running"] == 1

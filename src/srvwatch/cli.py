@@ -124,11 +124,14 @@ async def _demo(out: TextIO, forever: bool = False, step: float = 2.0) -> int:
     from .testing import ZoneServer
 
     policy = DEMO_POLICY
-    async with ZoneServer(DEMO_ZONE, origin=DEMO_ORIGIN) as server, _demo_sidecar(server, out):
+    async with ZoneServer(DEMO_ZONE, origin=DEMO_ORIGIN) as server:
         print(
             f"ZoneServer for {DEMO_ORIGIN} on {server.address}; watching {DEMO_SERVICE}", file=out
         )
-        async with Resolver([server.address], policy=policy) as resolver:
+        async with (
+            _demo_sidecar(server, out),
+            Resolver([server.address], policy=policy) as resolver,
+        ):
             async with anyio.create_task_group() as tasks, resolver.watch(DEMO_SERVICE) as updates:
 
                 async def script() -> None:

@@ -18,6 +18,7 @@ warm up, but only the watches present at start-up gate readiness.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import signal
@@ -176,10 +177,8 @@ async def _until_removed(updates: Updates, runner: _WatchRunner) -> AsyncIterato
                 tg.cancel_scope.cancel()
 
             tg.start_soon(end_on_removal)
-            try:
+            with contextlib.suppress(StopAsyncIteration):
                 update = await updates.__anext__()
-            except StopAsyncIteration:
-                pass
             tg.cancel_scope.cancel()
         if update is None:
             return
