@@ -494,10 +494,15 @@ class Sidecar:
         ]
 
     def endpoints(self) -> dict[str, Any]:
-        return {
-            runner.label: update_document(runner.latest) if runner.latest else None
-            for runner in self._watches.values()
-        }
+        """Each watch's newest document (None before its first answer), keyed by its name.
+
+        A name watched as two types is keyed ``"NAME TYPE"`` for the second.
+        """
+        documents: dict[str, Any] = {}
+        for runner in self._watches.values():
+            key = runner.config.name if runner.config.name not in documents else runner.label
+            documents[key] = update_document(runner.latest) if runner.latest else None
+        return documents
 
     def subscribe(self, name: str) -> AbstractAsyncContextManager[AsyncIterator[Update]]:
         """Updates of a configured watch, for ``/watch?name=``; KeyError for any other name."""
