@@ -89,17 +89,21 @@ class ConfigError(ValueError):
     """
 
     def __init__(
-        self, file: str | None, path: str, message: str, value: object = _NO_VALUE
+        self,
+        file: str | None,
+        path: str,
+        message: str,
+        value: object = _NO_VALUE,
+        *,
+        quoted: bool = False,
     ) -> None:
         self.file = file
         self.path = path
         self.message = message
         self.value = None if value is _NO_VALUE else value
         text = f"{path}: {message}" if path else message
-        if value is not _NO_VALUE:
-            shown = _short.repr(value)
-            if shown not in message:
-                text += f" ({shown})"
+        if value is not _NO_VALUE and not quoted:  # quoted: the message shows it already
+            text += f" ({_short.repr(value)})"
         super().__init__(f"{file}: {text}" if file else text)
 
 
@@ -179,7 +183,12 @@ class Config:
             stub = replace(stub, allow=check.allow(list(allow), lambda i: "--allow"))
         if admin is not None:
             admin_config = replace(admin_config, listen=check.listen(admin, "--admin"))
-        check.no_overlap(stub.listen, admin_config.listen, lambda i: "--listen", "--admin")
+        check.no_overlap(
+            stub.listen,
+            admin_config.listen,
+            (lambda i: "--listen") if listen is not None else (lambda i: f"stub.listen[{i}]"),
+            "--admin" if admin is not None else "admin.listen",
+        )
         new_upstreams = self.upstreams
         if upstreams is not None:
             new_upstreams = check.upstreams(list(upstreams), lambda i: "--upstream")
@@ -190,7 +199,7 @@ class Config:
             try:
                 policy = replace(policy, min_ttl=min_ttl, max_ttl=max(policy.max_ttl, min_ttl))
             except (ValueError, TypeError) as exc:
-                check.fail("--min-ttl", _policy_message(str(exc)), min_ttl)
+                check.fail("--min-ttl", _policy_message(str(exc)), min_ttl, quoted=True)
         return replace(
             self,
             upstreams=new_upstreams,
@@ -348,8 +357,10 @@ class _Checker:
         self.source = source
         self.document = document
 
-    def fail(self, path: str, message: str, value: object = _NO_VALUE) -> NoReturn:
-        raise ConfigError(self.source, path, message, value)
+    def fail(
+        self, path: str, message: str, value: object = _NO_VALUE, *, quoted: bool = False
+    ) -> NoReturn:
+        raise ConfigError(self.source, path, message, value, quoted=quoted)
 
     def _lookup(self, tokens: Sequence[str | int]) -> object:
         value: object = self.document
@@ -414,7 +425,8 @@ class _Checker:
             address = self.listen(text, path(i))
             for j, earlier in enumerate(addresses):
                 if _overlaps(earlier, address):
-                    self.fail(path(i), f"{text!r} overlaps {path(j)} {str(earlier)!r}", text)
+                    message = f"{text!r} overlaps {path(j)} {str(earlier)!r}"
+                    self.fail(path(i), message, text, quoted=True)
             addresses.append(address)
         return tuple(addresses)
 
@@ -427,6 +439,7 @@ class _Checker:
                     admin_path,
                     f"{str(admin)!r} overlaps {stub_path(i)} {str(address)!r}",
                     str(admin),
+                    quoted=True,
                 )
 
     def upstreams(self, items: list[str], path: Any) -> tuple[str, ...]:
@@ -481,7 +494,8 @@ class _Checker:
         key = next((word for word in mentioned if word in given), mentioned[0])
         if message.startswith(f"{key} must"):
             message = message.removeprefix(f"{key} ")
-        self.fail(f"policy.{key}" if key else "policy", message, given.get(key, _NO_VALUE))
+        path = f"policy.{key}" if key else "policy"
+        self.fail(path, message, given.get(key, _NO_VALUE), quoted=True)
 
     def stub(self, raw: _Stub) -> StubConfig:
         default = StubConfig()
