@@ -192,6 +192,15 @@ class Config:
         new_upstreams = self.upstreams
         if upstreams is not None:
             new_upstreams = check.upstreams(list(upstreams), lambda i: "--upstream")
+        if new_upstreams is not None:
+            check.not_itself(
+                new_upstreams,
+                stub.listen,
+                (lambda i: "--upstream")
+                if upstreams is not None
+                else (lambda i: f"upstreams[{i}]"),
+                "--listen" if listen is not None else "stub.listen",
+            )
         watches = self.watch
         if watch is not None:
             watches = check.watches([{"name": name} for name in watch], _flag_watch_path)
@@ -442,6 +451,22 @@ class _Checker:
                     quoted=True,
                 )
 
+    def not_itself(
+        self, upstreams: Sequence[str], stub: Sequence[ListenAddress], path: Any, stub_path: str
+    ) -> None:
+        """An upstream that is the stub itself would send every miss round in a loop."""
+        for i, text in enumerate(upstreams):
+            server = parse_nameserver(text)
+            for j, address in enumerate(stub):
+                if _overlaps(ListenAddress(server.host, server.port), address):
+                    self.fail(
+                        path(i),
+                        f"{text} is the stub itself ({stub_path}[{j}] {str(address)!r}): "
+                        "queries would loop",
+                        text,
+                        quoted=True,
+                    )
+
     def upstreams(self, items: list[str], path: Any) -> tuple[str, ...]:
         if not items:
             self.fail(path(None), "must list at least one nameserver (leave it out for the "
@@ -606,6 +631,8 @@ class _Checker:
         stub = self.stub(raw.stub)
         admin = self.admin(raw.admin)
         self.no_overlap(stub.listen, admin.listen, lambda i: f"stub.listen[{i}]", "admin.listen")
+        if upstreams is not None:
+            self.not_itself(upstreams, stub.listen, lambda i: f"upstreams[{i}]", "stub.listen")
         return Config(
             upstreams=upstreams,
             policy=self.policy(raw.policy, stub.cache_size),
