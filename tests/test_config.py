@@ -731,3 +731,19 @@ def test_toml_like_documents_raise_nothing_but_config_error(lines: list[str]) ->
     else:
         assert outcome.stub.listen
         assert outcome.policy.cache_size == outcome.stub.cache_size
+
+
+# -- the documentation quotes the real messages --------------------------------------------
+
+
+def test_the_documented_listen_errors_are_the_real_ones() -> None:
+    text = (DOCS / "configuration.md").read_text()
+    section = text[text.index("| written | error |") :].split("\n\n")[0]
+    rows = [line.split(" | ") for line in section.splitlines()[2:]]
+    assert len(rows) >= 8
+    for written_cell, error_cell in rows:
+        message = re.fullmatch(r"`(.*)` \|", error_cell)
+        assert message, error_cell
+        (written,) = re.findall(r"`([^`]*)`", written_cell)
+        literal = written if "TOML integer" in written_cell else toml_string(written.strip('"'))
+        assert str(error_of(f"admin.listen = {literal}\n")) == message[1]
