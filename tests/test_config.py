@@ -415,6 +415,11 @@ def test_deep_nesting_is_a_config_error() -> None:
     assert error.path == ""
 
 
+def test_parse_config_wants_bytes() -> None:
+    with pytest.raises(TypeError, match="parse_config: data must be bytes, got str"):
+        parse_config("[stub]", "x")  # type: ignore[arg-type]
+
+
 def test_bad_utf8_names_the_offset() -> None:
     assert str(error_of(b"# ok\n\xff\n", "f.toml")) == (
         "f.toml: not UTF-8 text: byte 0xff at offset 5"
@@ -440,12 +445,14 @@ def test_bad_utf8_names_the_offset() -> None:
         ('[[watch]]\nname = "a"\n[watch.eds]\nfile = "x"', "watch[0].eds", "[[watch]] takes"),
         ("[stub.extra]\nx = 1", "stub.extra", "[stub] takes"),
         ('"two words" = 1', '"two words"', "the top level takes"),
+        ('"line\\nbreak" = 1', '"line\\nbreak"', "the top level takes"),
     ],
 )
 def test_unknown_keys_are_refused_at_every_level(document: str, path: str, hint: str) -> None:
     error = error_of(document + "\n")
     assert error.path == path
     assert str(error).startswith(f"srvwatch.toml: {path}: unknown key; {hint}")
+    assert "\n" not in str(error)
 
 
 @pytest.mark.parametrize(
@@ -586,7 +593,11 @@ json_file = "/run/srvwatch/db6.json"
         ('name = "a"\njson_file = ""', "watch[0].json_file", "not a usable file path"),
         ('name = "a"\njson_file = "/run/"', "watch[0].json_file", "names a directory"),
         ('name = "a"\njson_file = "/r/a"\neds_file = "/r/./a"', "watch[0].eds_file", "too"),
-        ('name = "a"\n[[watch]]\nname = "A"', "watch[1].name", "is watched by watch[0] already"),
+        (
+            'name = "a"\n[[watch]]\nname = "A"',
+            "watch[1].name",
+            "a SRV is watched by watch[0].name too",
+        ),
         (
             'name = "a"\njson_file = "/r/x.json"\n[[watch]]\nname = "b"\neds_file = "/r/x.json"',
             "watch[1].eds_file",
