@@ -596,7 +596,7 @@ json_file = "/run/srvwatch/db6.json"
         (
             'name = "a"\n[[watch]]\nname = "A"',
             "watch[1].name",
-            "a SRV is watched by watch[0].name too",
+            "A SRV is watched by watch[0].name too",
         ),
         (
             'name = "a"\njson_file = "/r/x.json"\n[[watch]]\nname = "b"\neds_file = "/r/x.json"',
