@@ -9,8 +9,8 @@
   listed in NOT_RUN, each with the reason; a command in neither fails.
 - The sidecar does not exist yet, so its examples (TOML, Kubernetes and
   Envoy YAML, the EDS JSON) are checked against its documented contract and
-  against the code that exists: ``[policy]`` builds a ``srvwatch.Policy``,
-  ``upstreams`` builds a ``srvwatch.Resolver``.
+  against the code that exists: every TOML passes the sidecar's config parser,
+  and its policy and upstreams build a ``srvwatch.Resolver``.
 - The configuration reference lists every ``srvwatch.Policy`` field with its
   default, the metrics reference every key of ``Resolver.stats()``, the API
   page every public name.
@@ -45,6 +45,7 @@ import srvwatch.contrib.aiohttp
 import srvwatch.contrib.httpx
 import srvwatch.prometheus
 import srvwatch.testing
+from srvwatch.server.config import parse_config
 from tests import zones
 from tests.contrib_http import Backend
 from tests.dns_servers import KnotFactory, KnotServer
@@ -262,7 +263,8 @@ SIDECAR_KEYS_HEADING = "## The sidecar's config file"
 
 def documented_config_keys() -> dict[str, str]:
     """Key path -> default cell, from the configuration reference's sidecar table."""
-    rows = table(section("configuration.md", SIDECAR_KEYS_HEADING).split("```", 2)[2])
+    keys_table = section("configuration.md", SIDECAR_KEYS_HEADING).split("```", 2)[2]
+    rows = table(keys_table.split("\n### ")[0])
     return {code(row[0])[0]: row[1] for row in rows}
 
 
@@ -281,14 +283,12 @@ def config_key_paths(config: dict[str, Any]) -> set[str]:
 
 
 def check_config(text: str, where: str) -> dict[str, Any]:
-    """A sidecar config: documented keys only; its policy and upstreams accepted by the code."""
+    """A sidecar config: documented keys only, and accepted by the sidecar's config parser."""
     config = tomllib.loads(text)
     unknown = config_key_paths(config) - set(documented_config_keys())
     assert not unknown, f"{where}: keys not in the configuration reference: {unknown}"
-    policy = srvwatch.Policy(**config.get("policy", {}))
-    srvwatch.Resolver(config.get("upstreams", ["127.0.0.1"]), policy=policy)
-    for watch in config.get("watch", []):
-        assert watch.get("type", "SRV") in ("SRV", "A", "AAAA"), where
+    parsed = parse_config(text.encode(), where)
+    srvwatch.Resolver(list(parsed.upstreams or ["127.0.0.1"]), policy=parsed.policy)
     return config
 
 
@@ -309,17 +309,23 @@ def test_kubernetes_example_matches_the_contract() -> None:
     (config_map,) = [m for m in manifests if m.get("kind") == "ConfigMap"]
     (pod,) = [m for m in manifests if m.get("kind") == "Pod"]
     config = check_config(config_map["data"]["srvwatch.toml"], "ConfigMap srvwatch.toml")
-    (sidecar,) = [c for c in pod["spec"]["containers"] if c["name"] == "srvwatch"]
+    containers = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+    (sidecar,) = [c for c in containers if c["name"] == "srvwatch"]
+    if sidecar in pod["spec"].get("initContainers", []):
+        assert sidecar["restartPolicy"] == "Always"  # a native sidecar, not a one-shot init
     args = sidecar["args"]
     assert args[0] == "serve"
     assert {a for a in args if a.startswith("--")} <= flags
     config_path = Path(args[args.index("--config") + 1])
     mounts = {m["mountPath"] for m in sidecar["volumeMounts"]}
     assert str(config_path.parent) in mounts
-    admin_port = port_of(config["admin"]["listen"])
+    admin = parse_config(config_map["data"]["srvwatch.toml"].encode(), "srvwatch.toml").admin
+    # The kubelet probes the pod IP: an admin server on loopback would never be ready.
+    assert admin.listen.host in ("", "0.0.0.0", "::")
     for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
-        assert sidecar[probe]["httpGet"]["port"] == admin_port
+        assert sidecar[probe]["httpGet"]["port"] == admin.listen.port
         assert sidecar[probe]["httpGet"]["path"] == path
+        assert "host" not in sidecar[probe]["httpGet"]  # the node's loopback, not the pod's
     for watch in config["watch"]:
         assert str(Path(watch["eds_file"]).parent) in mounts
     assert pod["spec"]["terminationGracePeriodSeconds"] > config["admin"]["lame_duck"]

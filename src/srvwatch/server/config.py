@@ -11,14 +11,16 @@ the library uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
+import json
 import math
 import os
 import re
 import reprlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -89,17 +91,21 @@ class ConfigError(ValueError):
     """
 
     def __init__(
-        self, file: str | None, path: str, message: str, value: object = _NO_VALUE
+        self,
+        file: str | None,
+        path: str,
+        message: str,
+        value: object = _NO_VALUE,
+        *,
+        quoted: bool = False,
     ) -> None:
         self.file = file
         self.path = path
         self.message = message
         self.value = None if value is _NO_VALUE else value
         text = f"{path}: {message}" if path else message
-        if value is not _NO_VALUE:
-            shown = _short.repr(value)
-            if shown not in message:
-                text += f" ({shown})"
+        if value is not _NO_VALUE and not quoted:  # quoted: the message shows it already
+            text += f" ({_short.repr(value)})"
         super().__init__(f"{file}: {text}" if file else text)
 
 
@@ -179,18 +185,32 @@ class Config:
             stub = replace(stub, allow=check.allow(list(allow), lambda i: "--allow"))
         if admin is not None:
             admin_config = replace(admin_config, listen=check.listen(admin, "--admin"))
-        check.no_overlap(stub.listen, admin_config.listen, lambda i: "--listen", "--admin")
+        check.no_overlap(
+            stub.listen,
+            admin_config.listen,
+            (lambda i: "--listen") if listen is not None else (lambda i: f"stub.listen[{i}]"),
+            "--admin" if admin is not None else "admin.listen",
+        )
         new_upstreams = self.upstreams
         if upstreams is not None:
             new_upstreams = check.upstreams(list(upstreams), lambda i: "--upstream")
+        if new_upstreams is not None:
+            check.not_itself(
+                new_upstreams,
+                stub.listen,
+                (lambda i: "--upstream")
+                if upstreams is not None
+                else (lambda i: f"upstreams[{i}]"),
+                "--listen" if listen is not None else "stub.listen",
+            )
         watches = self.watch
         if watch is not None:
-            watches = check.watches([{"name": name} for name in watch], _flag_watch_path)
+            watches = check.watches([{"name": name} for name in watch], lambda i, key: "--watch")
         if min_ttl is not None:
             try:
                 policy = replace(policy, min_ttl=min_ttl, max_ttl=max(policy.max_ttl, min_ttl))
             except (ValueError, TypeError) as exc:
-                check.fail("--min-ttl", _policy_message(str(exc)), min_ttl)
+                check.fail("--min-ttl", _policy_message(str(exc)), min_ttl, quoted=True)
         return replace(
             self,
             upstreams=new_upstreams,
@@ -226,6 +246,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(data: bytes, source: str) -> Config:
     """Validate a config file's bytes; ``source`` names it in errors."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"parse_config: data must be bytes, got {type(data).__name__}")
+    data = bytes(data)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -305,10 +328,6 @@ _KNOWN_KEYS: dict[str, tuple[str, ...]] = {
 # -- meaning --------------------------------------------------------------------------
 
 
-def _flag_watch_path(i: int) -> str:
-    return "--watch"
-
-
 def _policy_message(text: str) -> str:
     return text.replace("Policy.", "")
 
@@ -319,7 +338,7 @@ def _user_path(tokens: Sequence[str | int]) -> str:
         if isinstance(token, int):
             parts.append(f"[{token}]")
         else:
-            key = token if _BARE_KEY.fullmatch(token) else '"' + token.replace('"', '\\"') + '"'
+            key = token if _BARE_KEY.fullmatch(token) else json.dumps(token, ensure_ascii=False)
             parts.append(f".{key}" if parts else key)
     return "".join(parts)
 
@@ -348,8 +367,10 @@ class _Checker:
         self.source = source
         self.document = document
 
-    def fail(self, path: str, message: str, value: object = _NO_VALUE) -> NoReturn:
-        raise ConfigError(self.source, path, message, value)
+    def fail(
+        self, path: str, message: str, value: object = _NO_VALUE, *, quoted: bool = False
+    ) -> NoReturn:
+        raise ConfigError(self.source, path, message, value, quoted=quoted)
 
     def _lookup(self, tokens: Sequence[str | int]) -> object:
         value: object = self.document
@@ -414,7 +435,8 @@ class _Checker:
             address = self.listen(text, path(i))
             for j, earlier in enumerate(addresses):
                 if _overlaps(earlier, address):
-                    self.fail(path(i), f"{text!r} overlaps {path(j)} {str(earlier)!r}", text)
+                    message = f"{text!r} overlaps {path(j)} {str(earlier)!r}"
+                    self.fail(path(i), message, text, quoted=True)
             addresses.append(address)
         return tuple(addresses)
 
@@ -427,7 +449,24 @@ class _Checker:
                     admin_path,
                     f"{str(admin)!r} overlaps {stub_path(i)} {str(address)!r}",
                     str(admin),
+                    quoted=True,
                 )
+
+    def not_itself(
+        self, upstreams: Sequence[str], stub: Sequence[ListenAddress], path: Any, stub_path: str
+    ) -> None:
+        """An upstream that is the stub itself would send every miss round in a loop."""
+        for i, text in enumerate(upstreams):
+            server = parse_nameserver(text)
+            for j, address in enumerate(stub):
+                if _overlaps(ListenAddress(server.host, server.port), address):
+                    self.fail(
+                        path(i),
+                        f"{text} is the stub itself ({stub_path}[{j}] {str(address)!r}): "
+                        "queries would loop",
+                        text,
+                        quoted=True,
+                    )
 
     def upstreams(self, items: list[str], path: Any) -> tuple[str, ...]:
         if not items:
@@ -481,7 +520,8 @@ class _Checker:
         key = next((word for word in mentioned if word in given), mentioned[0])
         if message.startswith(f"{key} must"):
             message = message.removeprefix(f"{key} ")
-        self.fail(f"policy.{key}" if key else "policy", message, given.get(key, _NO_VALUE))
+        path = f"policy.{key}" if key else "policy"
+        self.fail(path, message, given.get(key, _NO_VALUE), quoted=True)
 
     def stub(self, raw: _Stub) -> StubConfig:
         default = StubConfig()
@@ -511,22 +551,19 @@ class _Checker:
         return AdminConfig(listen, lame_duck)
 
     def watches(
-        self, items: Sequence[_Watch | dict[str, Any]], path: Any
+        self, items: Sequence[_Watch | dict[str, Any]], path: Callable[[int, str], str]
     ) -> tuple[WatchConfig, ...]:
+        """``path(i, key)`` names watch ``i``'s ``key``: ``watch[1].eds_file``, or a flag."""
         seen: dict[tuple[str, bool, str], int] = {}
         files: dict[str, str] = {}
         watches: list[WatchConfig] = []
         for i, item in enumerate(items):
             raw = item if isinstance(item, _Watch) else _Watch(**item)
-            where = path(i)
-            watch = self.watch(raw, where)
+            watch = self.watch(raw, functools.partial(path, i))
             key = (absolute_name(watch.name, "name"), is_absolute(watch.name), watch.type)
             if key in seen:
-                self.fail(
-                    f"{where}.name" if where.startswith("watch[") else where,
-                    f"{watch.name} {watch.type} is watched by {path(seen[key])} already",
-                    raw.name,
-                )
+                message = f"{watch.name} {watch.type} is watched by {path(seen[key], 'name')} too"
+                self.fail(path(i, "name"), message, raw.name)
             seen[key] = i
             for kind in ("json_file", "eds_file"):
                 target = getattr(watch, kind)
@@ -534,56 +571,47 @@ class _Checker:
                     continue
                 normal = os.path.normpath(os.path.abspath(target))
                 if normal in files:
-                    self.fail(f"{where}.{kind}", f"{files[normal]} writes this file too", target)
-                files[normal] = f"{where}.{kind}"
+                    self.fail(path(i, kind), f"{files[normal]} writes this file too", target)
+                files[normal] = path(i, kind)
             watches.append(watch)
         return tuple(watches)
 
-    def watch(self, raw: _Watch, where: str) -> WatchConfig:
-        name_path = f"{where}.name" if where.startswith("watch[") else where
+    def watch(self, raw: _Watch, path: Callable[[str], str]) -> WatchConfig:
         try:
             absolute_name(raw.name, "name")
         except ValueError as exc:
-            reason = str(exc).removeprefix(f"name {raw.name!r} is ")
-            self.fail(name_path, reason, raw.name)
+            self.fail(path("name"), str(exc).removeprefix(f"name {raw.name!r} is "), raw.name)
         rdtype = raw.type.upper()
         if rdtype not in _WATCH_TYPES:
-            self.fail(f"{where}.type", "must be SRV, A or AAAA", raw.type)
+            self.fail(path("type"), "must be SRV, A or AAAA", raw.type)
         for kind in ("json_file", "eds_file"):
             target = getattr(raw, kind)
-            if target is not None and (
-                not target.strip() or target.strip() != target or "\0" in target
-            ):
-                self.fail(f"{where}.{kind}", "not a usable file path", target)
-            if target is not None and target.endswith(("/", os.sep)):
-                self.fail(f"{where}.{kind}", "names a directory, not a file", target)
+            if target is None:
+                continue
+            if not target.strip() or target.strip() != target or "\0" in target:
+                self.fail(path(kind), "not a usable file path", target)
+            if target.endswith(("/", os.sep)):
+                self.fail(path(kind), "names a directory, not a file", target)
         if raw.cluster is not None:
             if raw.eds_file is None:
-                self.fail(f"{where}.cluster", "only means something with eds_file", raw.cluster)
+                self.fail(path("cluster"), "only means something with eds_file", raw.cluster)
             if not raw.cluster.strip():
-                self.fail(f"{where}.cluster", "must not be empty", raw.cluster)
+                self.fail(path("cluster"), "must not be empty", raw.cluster)
         if raw.port is not None:
             if rdtype == "SRV":
                 self.fail(
-                    f"{where}.port",
+                    path("port"),
                     "only for A and AAAA watches (SRV records carry their own ports)",
                     raw.port,
                 )
             if not 1 <= raw.port <= 65_535:
-                self.fail(f"{where}.port", "must be 1-65535", raw.port)
+                self.fail(path("port"), "must be 1-65535", raw.port)
         elif rdtype != "SRV" and raw.eds_file is not None:
             self.fail(
-                f"{where}.port",
+                path("port"),
                 f"required for an {rdtype} watch with eds_file: Envoy endpoints need a port",
             )
-        return WatchConfig(
-            raw.name,
-            rdtype,
-            raw.json_file,
-            raw.eds_file,
-            raw.cluster,
-            raw.port,
-        )
+        return WatchConfig(raw.name, rdtype, raw.json_file, raw.eds_file, raw.cluster, raw.port)
 
     def config(self, raw: _File, digest: str) -> Config:
         upstreams = None
@@ -592,12 +620,14 @@ class _Checker:
         stub = self.stub(raw.stub)
         admin = self.admin(raw.admin)
         self.no_overlap(stub.listen, admin.listen, lambda i: f"stub.listen[{i}]", "admin.listen")
+        if upstreams is not None:
+            self.not_itself(upstreams, stub.listen, lambda i: f"upstreams[{i}]", "stub.listen")
         return Config(
             upstreams=upstreams,
             policy=self.policy(raw.policy, stub.cache_size),
             stub=stub,
             admin=admin,
-            watch=self.watches(raw.watch, lambda i: f"watch[{i}]"),
+            watch=self.watches(raw.watch, lambda i, key: f"watch[{i}].{key}"),
             source=self.source,
             digest=digest,
         )
