@@ -290,3 +290,21 @@ async def test_an_event_stream_ends_when_a_reload_removes_its_watch(
             return sidecar.resolver.stats()["loops_running"] == 1
 
         await eventually(one_loop, 2.0)
+
+
+def test_a_resolv_conf_that_names_the_stub_is_refused_without_upstreams(tmp_path: Path) -> None:
+    from srvwatch.server.app import check_upstreams_are_not_the_stub
+    from srvwatch.server.config import ConfigError
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    own = config_of('[stub]\nlisten = ["127.0.0.1:53"]\n')
+    with pytest.raises(ConfigError, match="names the stub itself"):
+        check_upstreams_are_not_the_stub(own, str(resolv))
+    every = config_of('[stub]\nlisten = [":53"]\n')
+    with pytest.raises(ConfigError, match="names the stub itself"):
+        check_upstreams_are_not_the_stub(every, str(resolv))
+    elsewhere = config_of('[stub]\nlisten = ["127.0.0.1:5353"]\n')
+    check_upstreams_are_not_the_stub(elsewhere, str(resolv))
+    explicit = config_of('upstreams = ["10.0.0.10"]\n[stub]\nlisten = ["127.0.0.1:53"]\n')
+    check_upstreams_are_not_the_stub(explicit, str(resolv))

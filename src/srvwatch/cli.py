@@ -244,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from .server.app import serve
+    from .server.app import check_upstreams_are_not_the_stub, serve
     from .server.config import Config, ConfigError, load_config
 
     def overrides(config: Config) -> Config:
@@ -259,7 +259,7 @@ def _run_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         config = load_config(args.config) if args.config else Config()
-        overrides(config)  # a bad flag fails now, not at the first reload
+        check_upstreams_are_not_the_stub(overrides(config))  # and a bad flag fails now
     except ConfigError as exc:
         print(f"srvwatch: {exc}", file=sys.stderr)
         return 2

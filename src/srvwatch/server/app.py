@@ -59,6 +59,30 @@ def bind_host(address: ListenAddress) -> str:
     return address.host or "0.0.0.0"
 
 
+def check_upstreams_are_not_the_stub(config: Config, resolv_conf: str = "/etc/resolv.conf") -> None:
+    """With no ``upstreams``, resolv.conf's nameservers are used: they must not be the stub.
+
+    A pod whose resolv.conf points at its own sidecar would otherwise send
+    every query round in a loop. Raises :class:`ConfigError` naming the file.
+    """
+    if config.upstreams is not None:
+        return
+    from ..address import parse_nameservers
+    from ..names import system_config
+
+    listening = {(bind_host(a), a.port) for a in config.stub.listen}
+    for server in parse_nameservers(system_config(resolv_conf)[0]):
+        if (server.host, server.port) in listening or (
+            server.port in {port for host, port in listening if host == "0.0.0.0"}
+        ):
+            raise ConfigError(
+                config.source,
+                "upstreams",
+                f"not set, and {resolv_conf} names the stub itself ({server}): "
+                "set upstreams to the cluster's DNS server",
+            )
+
+
 class _Hosted:
     """An async context manager held open in a task of its own until :meth:`stop`.
 
