@@ -308,3 +308,42 @@ def test_a_resolv_conf_that_names_the_stub_is_refused_without_upstreams(tmp_path
     check_upstreams_are_not_the_stub(elsewhere, str(resolv))
     explicit = config_of('upstreams = ["10.0.0.10"]\n[stub]\nlisten = ["127.0.0.1:53"]\n')
     check_upstreams_are_not_the_stub(explicit, str(resolv))
+
+
+async def test_output_files_follow_a_change_on_knot_and_ready_waits_for_them(
+    knot: KnotServer, tmp_path: Path
+) -> None:
+    stub, admin = free_port(), free_port()
+    json_file, eds_file = tmp_path / "out" / "one.json", tmp_path / "out" / "one-eds.json"
+    json_file.parent.mkdir()
+    watch = {
+        "name": zones.ONE_SRV,
+        "json_file": str(json_file),
+        "eds_file": str(eds_file),
+        "cluster": "one",
+    }
+    config = config_of(config_text(knot.address(), [stub], admin, [watch]))
+    async with running(config) as (_, http):
+        await eventually(lambda: _status(http, "/ready", 200))
+        # Ready means written: both files are there the moment /ready says 200.
+        document = json.loads(json_file.read_text())
+        assert [ep["addresses"] for ep in document["endpoints"]] == [[zones.ONE_ADDRESS]]
+        eds = json.loads(eds_file.read_text())
+        (assignment,) = eds["resources"]
+        assert assignment["cluster_name"] == "one"
+        (group,) = assignment["endpoints"]
+        (lb,) = group["lb_endpoints"]
+        assert lb["endpoint"]["address"]["socket_address"] == {
+            "address": zones.ONE_ADDRESS,
+            "port_value": zones.ONE_PORT,
+        }
+        await anyio.to_thread.run_sync(
+            lambda: knot.set_records(zones.ONE_TARGET, "A", 1, ["127.0.0.77"])
+        )
+
+        async def moved() -> bool:
+            text = eds_file.read_text()
+            return "127.0.0.77" in text and "127.0.0.77" in json_file.read_text()
+
+        await eventually(moved, 10.0)
+        assert sorted(p.name for p in json_file.parent.iterdir()) == ["one-eds.json", "one.json"]
