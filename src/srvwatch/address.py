@@ -158,9 +158,11 @@ class ListenAddress:
     port: int
 
     @property
-    def bind_host(self) -> str | None:
-        """The host to pass to a bind call: None means every interface."""
-        return self.host or None
+    def bind_host(self) -> str:
+        """The IP to bind: ``localhost`` is 127.0.0.1, ``:PORT`` every IPv4 interface (0.0.0.0)."""
+        if self.host == "localhost":
+            return "127.0.0.1"
+        return self.host or "0.0.0.0"
 
     def __str__(self) -> str:
         return format_hostport(self.host, self.port)

@@ -186,7 +186,7 @@ class AdminServer:
         self._state = state
         self._registry = registry
         self.listen = listen
-        self.host = _bind_host(listen)
+        self.host = listen.bind_host
         self.port = listen.port
         self.max_connections = max_connections
         self.max_header_bytes = max_header_bytes
@@ -729,9 +729,3 @@ def _has_body(request: h11.Request) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
-
-
-def _bind_host(address: ListenAddress) -> str:
-    if address.host == "localhost":
-        return "127.0.0.1"
-    return address.host or "0.0.0.0"  # ":PORT": every IPv4 interface, as Go servers read it

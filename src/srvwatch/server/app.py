@@ -3,7 +3,7 @@
 One :class:`Sidecar` owns everything the process opens: the resolver (its
 sockets and tasks), a stub listener per address, the admin server, a runner
 per watch and its output files. Each lives in a task of its own (see
-:class:`_Hosted`), so a reload can start and stop any of them in any order,
+:class:`Hosted`), so a reload can start and stop any of them in any order,
 and every one is closed on the way out.
 
 A reload validates the new file first; a bad one is logged and counted, and
@@ -18,14 +18,13 @@ warm up, but only the watches present at start-up gate readiness.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TextIO
 
 import anyio
@@ -34,29 +33,28 @@ from prometheus_client import CollectorRegistry
 
 from ..address import ListenAddress
 from ..endpoints import Update
-from ..errors import ResolveError
 from ..listen import DnsListener, Peer
 from ..prometheus import ResolverCollector, SidecarInfo
 from ..resolver import Resolver
-from ..watch import Updates
 from .admin import AdminServer
 from .config import Config, ConfigError, WatchConfig, load_config
-from .outputs import OutputFiles, update_document
+from .outputs import update_document
+from .parts import (
+    Hosted,
+    StubListener,
+    WatchRunner,
+    outputs_for,
+    until_removed,
+    watch_key,
+)
 from .stub import Stub
 
-__all__ = ["Sidecar", "serve"]
+__all__ = ["Sidecar", "check_upstreams_are_not_the_stub", "serve"]
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 2.0
 """Seconds between checks of the config file's content (reload when its hash changes)."""
-
-
-def bind_host(address: ListenAddress) -> str:
-    """The IP to bind: ``:PORT`` means every IPv4 interface, as Go servers read it."""
-    if address.host == "localhost":
-        return "127.0.0.1"
-    return address.host or "0.0.0.0"
 
 
 def check_upstreams_are_not_the_stub(config: Config, resolv_conf: str = "/etc/resolv.conf") -> None:
@@ -70,7 +68,7 @@ def check_upstreams_are_not_the_stub(config: Config, resolv_conf: str = "/etc/re
     from ..address import parse_nameservers
     from ..names import system_config
 
-    listening = {(bind_host(a), a.port) for a in config.stub.listen}
+    listening = {(a.bind_host, a.port) for a in config.stub.listen}
     for server in parse_nameservers(system_config(resolv_conf)[0]):
         if (server.host, server.port) in listening or (
             server.port in {port for host, port in listening if host == "0.0.0.0"}
@@ -81,149 +79,6 @@ def check_upstreams_are_not_the_stub(config: Config, resolv_conf: str = "/etc/re
                 f"not set, and {resolv_conf} names the stub itself ({server}): "
                 "set upstreams to the cluster's DNS server",
             )
-
-
-class _Hosted:
-    """An async context manager held open in a task of its own until :meth:`stop`.
-
-    Task groups (and so listeners and resolvers) must close in the reverse of
-    their opening order in one task; holding each in its own task lets a
-    reload stop any of them while the others go on.
-    """
-
-    def __init__(self, resource: AbstractAsyncContextManager[Any], what: str) -> None:
-        self.resource = resource
-        self.what = what
-        self._scope: anyio.CancelScope | None = None
-        self._done = anyio.Event()
-
-    async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Enter the resource in a new task; its error (a port taken...) is raised here."""
-        await tg.start(self._hold)
-
-    async def _hold(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        try:
-            with anyio.CancelScope() as self._scope:
-                async with self.resource:
-                    task_status.started()
-                    await anyio.sleep_forever()
-        finally:
-            self._done.set()
-
-    async def stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-            await self._done.wait()
-
-
-class _Listener(AbstractAsyncContextManager["_Listener"]):
-    """A stub listener that drains on a graceful stop, and closes at once otherwise."""
-
-    def __init__(self, listener: DnsListener) -> None:
-        self.dns = listener
-        self.grace = 0.0
-
-    async def __aenter__(self) -> _Listener:
-        await self.dns.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.grace > 0:
-            await self.dns.drain(self.grace)
-        else:
-            await self.dns.aclose()
-
-
-@dataclass(eq=False)
-class _WatchRunner:
-    """One configured watch: its latest update, its output files and its task."""
-
-    config: WatchConfig
-    outputs: OutputFiles | None
-    gates_ready: bool
-    latest: Update | None = None
-    updates: int = 0
-    _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    _done: anyio.Event = field(default_factory=anyio.Event)
-
-    @property
-    def label(self) -> str:
-        return f"{self.config.name} {self.config.type}"
-
-    async def run(self, resolver: Resolver) -> None:
-        try:
-            with self._scope:
-                async with resolver.watch(self.config.name, self.config.type) as updates:
-                    async for update in updates:
-                        if self.outputs is not None:  # files first: /ready waits for them
-                            await self.outputs.write(update)
-                        self.latest = update
-                        self.updates += 1
-                        log.info(
-                            "watch %s: v%d %d endpoints%s",
-                            self.label,
-                            update.version,
-                            len(update.endpoints),
-                            " (stale)" if update.stale else "",
-                        )
-        except (ResolveError, ValueError) as exc:  # a bad name found late: this watch only
-            log.error("watch %s stopped: %s", self.label, exc)
-        except Exception:  # never the sidecar, nor the other watches
-            log.exception("watch %s failed", self.label)
-        finally:
-            self._done.set()
-
-    @property
-    def has_data(self) -> bool:
-        latest = self.latest
-        return latest is not None and (bool(latest.endpoints) or latest.error is None)
-
-    async def stop(self) -> None:
-        self._scope.cancel()
-        await self._done.wait()
-
-    @property
-    def stopped(self) -> bool:
-        return self._done.is_set()
-
-    async def wait_stopped(self) -> None:
-        await self._done.wait()
-
-
-async def _until_removed(updates: Updates, runner: _WatchRunner) -> AsyncIterator[Update]:
-    """A watch's updates, ending when a reload removes the watch (its subscribers let go)."""
-    while not runner.stopped:
-        update: Update | None = None
-        async with anyio.create_task_group() as tg:
-
-            async def end_on_removal() -> None:
-                await runner.wait_stopped()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(end_on_removal)
-            with contextlib.suppress(StopAsyncIteration):
-                update = await updates.__anext__()
-            tg.cancel_scope.cancel()
-        if update is None:
-            return
-        yield update
-
-
-def _watch_key(watch: WatchConfig) -> tuple[str, str]:
-    return (watch.name.lower().rstrip("."), watch.type)
-
-
-def _outputs(watch: WatchConfig) -> OutputFiles | None:
-    if watch.json_file is None and watch.eds_file is None:
-        return None
-    return OutputFiles(
-        watch.name,
-        json_file=watch.json_file,
-        eds_file=watch.eds_file,
-        cluster=watch.cluster,
-        rdtype=watch.type,
-        port=watch.port,
-    )
 
 
 class Sidecar:
@@ -246,14 +101,14 @@ class Sidecar:
         self._out = out
         self._tg: anyio.abc.TaskGroup | None = None
         self._resolver: Resolver | None = None
-        self._resolver_host: _Hosted | None = None
+        self._resolver_host: Hosted | None = None
         self._stub: Stub | None = None
-        self._listeners: dict[ListenAddress, tuple[_Hosted, _Listener]] = {}
-        self._admin: _Hosted | None = None
+        self._listeners: dict[ListenAddress, tuple[Hosted, StubListener]] = {}
+        self._admin: Hosted | None = None
         self._admin_server: AdminServer | None = None
         self._registry = CollectorRegistry(auto_describe=True)
         self._collector: ResolverCollector | None = None
-        self._watches: dict[tuple[str, str], _WatchRunner] = {}
+        self._watches: dict[tuple[str, str], WatchRunner] = {}
         self._ever_ready = False
         self.shutting_down = False
         self.reloads = 0
@@ -327,12 +182,12 @@ class Sidecar:
 
     # -- the parts ----------------------------------------------------------------------
 
-    async def _open_resolver(self, config: Config) -> tuple[Resolver, _Hosted]:
+    async def _open_resolver(self, config: Config) -> tuple[Resolver, Hosted]:
         policy = replace(config.policy, cache_size=config.stub.cache_size)
         resolver = Resolver(
             list(config.upstreams) if config.upstreams is not None else None, policy=policy
         )
-        hosted = _Hosted(resolver, "resolver")
+        hosted = Hosted(resolver, "resolver")
         assert self._tg is not None
         await hosted.start(self._tg)
         return resolver, hosted
@@ -343,10 +198,10 @@ class Sidecar:
         return stub.answer(data, peer, tcp)
 
     async def _start_listener(self, address: ListenAddress) -> None:
-        listener = _Listener(
-            DnsListener(self._answer, bind_host(address), address.port, name=f"stub {address}")
+        listener = StubListener(
+            DnsListener(self._answer, address.bind_host, address.port, name=f"stub {address}")
         )
-        hosted = _Hosted(listener, f"stub {address}")
+        hosted = Hosted(listener, f"stub {address}")
         assert self._tg is not None
         await hosted.start(self._tg)
         self._listeners[address] = (hosted, listener)
@@ -355,7 +210,7 @@ class Sidecar:
 
     async def _start_admin(self, address: ListenAddress) -> None:
         server = AdminServer(self, self._registry, address)
-        hosted = _Hosted(server, f"admin {address}")
+        hosted = Hosted(server, f"admin {address}")
         assert self._tg is not None
         await hosted.start(self._tg)
         old, self._admin, self._admin_server = self._admin, hosted, server
@@ -373,8 +228,8 @@ class Sidecar:
         self._registry.register(self._collector)
 
     def _start_watch(self, watch: WatchConfig, *, gates_ready: bool) -> None:
-        runner = _WatchRunner(watch, _outputs(watch), gates_ready)
-        self._watches[_watch_key(watch)] = runner
+        runner = WatchRunner(watch, outputs_for(watch), gates_ready)
+        self._watches[watch_key(watch)] = runner
         self._opened["watches_started"] += 1
         assert self._tg is not None
         self._tg.start_soon(runner.run, self.resolver)
@@ -441,7 +296,7 @@ class Sidecar:
         elif new.stub.allow != old.stub.allow:
             self._stub = Stub(self.resolver, allow=new.stub.allow)
         # 3. Watches: removed ones stop (and close their loops), added ones start.
-        wanted = {_watch_key(w): w for w in new.watch}
+        wanted = {watch_key(w): w for w in new.watch}
         for key in [k for k in self._watches if k not in wanted]:
             await self._stop_watch(key)
         for key, watch in wanted.items():
@@ -450,7 +305,7 @@ class Sidecar:
                 self._start_watch(watch, gates_ready=not self._ever_ready)
             elif runner.config != watch:
                 runner.config = watch
-                runner.outputs = _outputs(watch)
+                runner.outputs = outputs_for(watch)
                 if runner.outputs is not None and runner.latest is not None:
                     await runner.outputs.write(runner.latest)
         # 4. Listeners no longer wanted close last: the new ones already answer.
@@ -532,15 +387,15 @@ class Sidecar:
         """Updates of a configured watch, for ``/watch?name=``; KeyError for any other name."""
         key = name.lower().rstrip(".")
         for runner in self._watches.values():
-            if _watch_key(runner.config)[0] == key:
+            if watch_key(runner.config)[0] == key:
                 return self._subscription(runner)
         raise KeyError(name)
 
     @asynccontextmanager
-    async def _subscription(self, runner: _WatchRunner) -> AsyncIterator[AsyncIterator[Update]]:
+    async def _subscription(self, runner: WatchRunner) -> AsyncIterator[AsyncIterator[Update]]:
         watch = runner.config
         async with self.resolver.watch(watch.name, watch.type) as updates:
-            yield _until_removed(updates, runner)
+            yield until_removed(updates, runner)
 
     def info(self) -> SidecarInfo:
         return SidecarInfo(
@@ -557,7 +412,7 @@ class Sidecar:
     def stub_addresses(self) -> list[ListenAddress]:
         """Where the stub listens, with the ports actually bound (a configured port 0 picks one)."""
         return [
-            ListenAddress(bind_host(address), listener.dns.port)
+            ListenAddress(address.bind_host, listener.dns.port)
             for address, (_, listener) in self._listeners.items()
         ]
 
@@ -566,7 +421,7 @@ class Sidecar:
         if self._admin_server is None:
             raise RuntimeError("the admin server is not running")
         configured = self.config.admin.listen
-        return ListenAddress(bind_host(configured), self._admin_server.port)
+        return ListenAddress(configured.bind_host, self._admin_server.port)
 
     def _updates_by_name(self) -> dict[str, int]:
         by_name: dict[str, int] = {}
