@@ -42,7 +42,6 @@ import math
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, TypeAlias
 
 import anyio
@@ -50,6 +49,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .address import format_hostport
+from .serving import CountedServer
 
 __all__ = ["CLOSE", "DnsListener", "Handler", "Peer", "Reply"]
 
@@ -93,7 +93,7 @@ class _Conn:
     tg: anyio.abc.TaskGroup | None = None
 
 
-class DnsListener:
+class DnsListener(CountedServer):
     """Serve DNS over UDP and TCP on ``host:port`` (port 0: one free port for both).
 
     ``idle_timeout`` closes a TCP connection that has not sent a whole message for that
@@ -139,42 +139,23 @@ class DnsListener:
         self.max_in_flight = max_in_flight
         self.max_deferred = max_deferred
         self.name = name
-        self._tg: anyio.abc.TaskGroup | None = None
+        super().__init__()
         self._udp: socket.socket | None = None
         self._listeners: list[anyio.abc.SocketListener] = []
-        self._conns: set[anyio.abc.SocketStream] = set()
         self._udp_reading = anyio.CancelScope()
         self._deferred = 0
         # Counters (see stats()); plain attributes, because the hot path bumps them.
         self.sockets_opened = self.sockets_closed = 0
-        self.connections_opened = self.connections_closed = 0
         self.connections_rejected = self.connections_idle = 0
-        self.tasks_started = self.tasks_finished = 0
         self.udp_queries = self.udp_replies = self.udp_errors = 0
         self.tcp_queries = self.tcp_replies = self.tcp_errors = 0
         self.deferred_dropped = self.handler_errors = self.oversized = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> DnsListener:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     @property
     def address(self) -> str:
         return format_hostport(self.host, self.port)
-
-    @property
-    def serving(self) -> bool:
-        return self._tg is not None
 
     def __repr__(self) -> str:
         state = "serving" if self._tg is not None else "closed"
@@ -270,18 +251,6 @@ class DnsListener:
                     self._udp.close()
                     self._udp = None
                     self.sockets_closed += 1
-
-    def _spawn(
-        self, tg: anyio.abc.TaskGroup, fn: Callable[..., Awaitable[Any]], *args: Any
-    ) -> None:
-        self.tasks_started += 1
-        tg.start_soon(self._counted, fn, *args)
-
-    async def _counted(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        try:
-            await fn(*args)
-        finally:
-            self.tasks_finished += 1
 
     async def _bind(self) -> tuple[socket.socket, list[anyio.abc.SocketListener]]:
         last: OSError | None = None
@@ -437,12 +406,6 @@ class DnsListener:
                 await self._close_conn(stream)
                 continue
             self._spawn(tg, self._serve_conn, stream)
-
-    async def _close_conn(self, stream: anyio.abc.SocketStream) -> None:
-        if stream in self._conns:
-            self._conns.discard(stream)
-            self.connections_closed += 1
-            await anyio.aclose_forcefully(stream)
 
     async def _serve_conn(self, stream: anyio.abc.SocketStream) -> None:
         try:

@@ -28,11 +28,10 @@ import logging
 import math
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,6 +41,7 @@ import h11
 
 from ..address import ListenAddress, format_hostport
 from ..endpoints import Update
+from ..serving import CountedServer
 from .outputs import update_document
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class _Reply:
         self.close = close
 
 
-class AdminServer:
+class AdminServer(CountedServer):
     """Serve the admin endpoints of an :class:`AdminState` over HTTP/1.1 on ``listen``.
 
     ``listen.host`` ``""`` means every IPv4 interface and ``localhost`` means
@@ -195,41 +195,22 @@ class AdminServer:
         self.write_timeout = float(write_timeout)
         self.keepalive_interval = float(keepalive_interval)
         self.name = name
-        self._tg: anyio.abc.TaskGroup | None = None
+        super().__init__()
         self._listener: anyio.abc.SocketListener | None = None
-        self._conns: set[anyio.abc.SocketStream] = set()
         self._feeds: set[_Feed] = set()
         self._streams_ended: anyio.Event | None = None
         self._responses: Counter[int] = Counter()
         self.sockets_opened = self.sockets_closed = 0
-        self.connections_opened = self.connections_closed = 0
         self.connections_rejected = self.connections_timed_out = 0
-        self.tasks_started = self.tasks_finished = 0
         self.requests = self.protocol_errors = self.handler_errors = 0
         self.sse_opened = self.sse_closed = self.sse_events = self.sse_keepalives = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> AdminServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     @property
     def address(self) -> str:
         """``host:port`` bound (the real port once started, when 0 was asked for)."""
         return format_hostport(self.host, self.port)
-
-    @property
-    def serving(self) -> bool:
-        return self._tg is not None
 
     def __repr__(self) -> str:
         state = "serving" if self._tg is not None else "closed"
@@ -326,18 +307,6 @@ class AdminServer:
         with anyio.move_on_after(_STREAM_END_GRACE):
             await self._streams_ended.wait()
 
-    def _spawn(
-        self, tg: anyio.abc.TaskGroup, func: Callable[..., Awaitable[Any]], *args: Any
-    ) -> None:
-        self.tasks_started += 1
-        tg.start_soon(self._counted, func, *args)
-
-    async def _counted(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        try:
-            await func(*args)
-        finally:
-            self.tasks_finished += 1
-
     # -- connections -------------------------------------------------------------------------
 
     async def _accept_loop(
@@ -359,12 +328,6 @@ class AdminServer:
                 await self._close_conn(stream)
                 continue
             self._spawn(tg, self._serve_conn, stream)
-
-    async def _close_conn(self, stream: anyio.abc.SocketStream) -> None:
-        if stream in self._conns:
-            self._conns.discard(stream)
-            self.connections_closed += 1
-            await anyio.aclose_forcefully(stream)
 
     async def _serve_conn(self, stream: anyio.abc.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
