@@ -347,3 +347,34 @@ async def test_output_files_follow_a_change_on_knot_and_ready_waits_for_them(
 
         await eventually(moved, 10.0)
         assert sorted(p.name for p in json_file.parent.iterdir()) == ["one-eds.json", "one.json"]
+
+
+async def test_metrics_count_output_writes_and_failures_per_watch(
+    knot: KnotServer, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stub, admin = free_port(), free_port()
+    good = {"name": zones.HTTP_SRV, "json_file": str(tmp_path / "http.json")}
+    bad = {"name": zones.ONE_SRV, "json_file": str(tmp_path / "missing-dir" / "one.json")}
+    config = config_of(config_text(knot.address(), [stub], admin, [good, bad]))
+    async with running(config) as (_, http):
+
+        async def counted() -> bool:
+            families = {
+                f.name: f for f in text_string_to_metric_families((await http.get("/metrics")).text)
+            }
+            samples = {
+                (f, s.labels.get("name")): s.value
+                for f in ("srvwatch_output_writes", "srvwatch_output_write_failures")
+                for s in families[f].samples
+            }
+            return (
+                samples.get(("srvwatch_output_writes", zones.HTTP_SRV), 0) >= 1
+                and samples.get(("srvwatch_output_write_failures", zones.ONE_SRV), 0) >= 1
+            )
+
+        await eventually(counted, 10.0)
+        assert (tmp_path / "http.json").exists()
+        # The failing watch still serves: its endpoints are in /endpoints.
+        assert await _has_endpoints(http, zones.ONE_SRV)

@@ -46,6 +46,10 @@ class SidecarInfo:
     """Updates published per configured watch name."""
     open_sockets: int = 0
     """Sockets the sidecar's own listeners hold (stub UDP and TCP, admin), beyond the resolver's."""
+    output_writes: Mapping[str, int] = field(default_factory=dict)
+    """Output files (JSON, EDS) replaced, per configured watch name."""
+    output_write_failures: Mapping[str, int] = field(default_factory=dict)
+    """Output files that could not be written (logged with the path), per configured watch name."""
 
 
 _COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -240,6 +244,20 @@ class ResolverCollector:
             )
             config.add_metric([info.config_digest], 1)
             yield config
+            for metric, by_name, text in (
+                ("srvwatch_output_writes", info.output_writes, "Output files replaced."),
+                (
+                    "srvwatch_output_write_failures",
+                    info.output_write_failures,
+                    "Output files that could not be written; the last ones stay.",
+                ),
+            ):
+                family = CounterMetricFamily(
+                    metric, text + " By configured watch.", labels=["name"]
+                )
+                for name, count in sorted(by_name.items()):
+                    family.add_metric([name], count)
+                yield family
 
 
 def _rcode_text(rcode: int) -> str:

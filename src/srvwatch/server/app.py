@@ -402,10 +402,21 @@ class Sidecar:
             reloads=self.reloads,
             reload_failures=self.reload_failures,
             config_digest=self.config.digest,
-            watch_updates=self._updates_by_name(),
+            watch_updates=self._by_name(lambda runner: runner.updates),
+            output_writes=self._by_name(
+                lambda runner: runner.outputs.writes if runner.outputs else None
+            ),
+            output_write_failures=self._by_name(
+                lambda runner: runner.outputs.write_failures if runner.outputs else None
+            ),
             open_sockets=sum(
                 listener.dns.sockets_opened - listener.dns.sockets_closed
                 for _, listener in self._listeners.values()
+            )
+            + (
+                self._admin_server.sockets_opened - self._admin_server.sockets_closed
+                if self._admin_server is not None
+                else 0
             ),
         )
 
@@ -423,11 +434,14 @@ class Sidecar:
         configured = self.config.admin.listen
         return ListenAddress(configured.bind_host, self._admin_server.port)
 
-    def _updates_by_name(self) -> dict[str, int]:
+    def _by_name(self, count: Callable[[WatchRunner], int | None]) -> dict[str, int]:
+        """A figure per configured watch name (None: the watch has none, so no label)."""
         by_name: dict[str, int] = {}
         for runner in self._watches.values():
-            name = runner.config.name
-            by_name[name] = by_name.get(name, 0) + runner.updates
+            value = count(runner)
+            if value is not None:
+                name = runner.config.name
+                by_name[name] = by_name.get(name, 0) + value
         return by_name
 
     def stats(self) -> dict[str, int]:
