@@ -160,6 +160,8 @@ async def test_an_outage_gets_stale_answers_with_ttl_30_and_servfail_without(
         assert ttls(stale) == [30] * len(ttls(stale))
         never = await ask(s.port, "never-asked.svc.test.", "A")
         assert never.rcode() == dns.rcode.SERVFAIL
+        assert never.flags & dns.flags.RD  # the client's RD bit and question, as sent
+        assert [q.to_text() for q in never.question] == ["never-asked.svc.test. IN A"]
         assert s.resolver.stats()["stub_stale_answers"] >= 1
         await anyio.to_thread.run_sync(knot.start)
         with anyio.fail_after(10):

@@ -112,6 +112,12 @@ def error_reply(query: bytes, rcode: int) -> bytes:
     return wire.make_response(query, rcode)
 
 
+def error_for(query: ClientQuery, rcode: int) -> bytes:
+    """The same, to a query already read: its ID, RD bit and question as sent."""
+    flags = wire.FLAG_QR | query.rd | rcode
+    return query.id + struct.pack(">HHHHH", flags, 1, 0, 0, 0) + query.question
+
+
 class Template:
     """An upstream reply made ready to serve: sections without OPT, TTL offsets, clamps.
 

@@ -30,7 +30,7 @@ from ..listen import Peer
 from ..metrics import Counters
 from ..reply import Negative, Positive, Reply
 from ..resolver import Resolver
-from .render import ClientQuery, Template, error_reply, read_query, template
+from .render import ClientQuery, Template, error_for, error_reply, read_query, template
 
 __all__ = ["DEFAULT_ALLOW", "Stub"]
 
@@ -215,7 +215,7 @@ class Stub:
             built = self._template(entry)
         except wire.WireError as exc:  # a stored reply dnspython cannot re-encode either
             log.info("stub: cannot serve the stored reply for %s: %s", query.qname, exc)
-            return _servfail(query)
+            return error_for(query, _SERVFAIL)
         elapsed = int(now - entry.stored_at)
         reply = built.reply(query, built.at(elapsed), tcp)
         self._count_rcode(reply)
@@ -226,7 +226,7 @@ class Stub:
         try:
             built = self._template(entry)
         except wire.WireError:
-            return _servfail(query)
+            return error_for(query, _SERVFAIL)
         reply = built.reply(query, built.fixed(int(self._policy.stale_answer_ttl)), tcp)
         self._count_rcode(reply)
         return reply
@@ -286,9 +286,3 @@ def _as_answer(reply: Reply, negative_ttl: Any) -> tuple[Positive | Negative, fl
     ttl = negative_ttl(soa.ttl if soa else None, None)
     message = f"{msg.qname} {msg.qtype}: no records"
     return Negative(data, msg, msg.rcode == wire.RCODE_NXDOMAIN, ttl, message, server), ttl
-
-
-def _servfail(query: ClientQuery) -> bytes:
-    """SERVFAIL to a query already read (its ID, RD and question kept)."""
-    header = query.id + bytes((query.rd >> 8, 0)) + b"\x00\x01\x00\x00\x00\x00\x00\x00"
-    return error_reply(header + query.question, _SERVFAIL)
