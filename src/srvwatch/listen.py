@@ -146,7 +146,7 @@ class DnsListener(CountedServer):
         self._deferred = 0
         # Counters (see stats()); plain attributes, because the hot path bumps them.
         self.sockets_opened = self.sockets_closed = 0
-        self.connections_rejected = self.connections_idle = 0
+        self.connections_idle = 0
         self.udp_queries = self.udp_replies = self.udp_errors = 0
         self.tcp_queries = self.tcp_replies = self.tcp_errors = 0
         self.deferred_dropped = self.handler_errors = self.oversized = 0
@@ -386,26 +386,6 @@ class DnsListener(CountedServer):
             reply.close()  # never awaited, on purpose: no RuntimeWarning
 
     # -- TCP ---------------------------------------------------------------------------------
-
-    async def _accept_loop(
-        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
-    ) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            except OSError as exc:  # out of descriptors, aborted handshake...
-                log.debug("%s: accept failed: %s", self.name, exc)
-                await anyio.sleep(0.01)
-                continue
-            self.connections_opened += 1
-            self._conns.add(stream)
-            if len(self._conns) > self.max_connections:
-                self.connections_rejected += 1
-                await self._close_conn(stream)
-                continue
-            self._spawn(tg, self._serve_conn, stream)
 
     async def _serve_conn(self, stream: anyio.abc.SocketStream) -> None:
         try:

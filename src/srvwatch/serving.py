@@ -8,12 +8,15 @@ lets every leak test check that the pairs balance after ``aclose()``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CountedServer"]
 
@@ -27,10 +30,13 @@ class CountedServer:
     with :meth:`_spawn` and close connections with :meth:`_close_conn`.
     """
 
+    name: str
+    max_connections: int
+
     def __init__(self) -> None:
         self._tg: anyio.abc.TaskGroup | None = None
         self._conns: set[anyio.abc.SocketStream] = set()
-        self.connections_opened = self.connections_closed = 0
+        self.connections_opened = self.connections_closed = self.connections_rejected = 0
         self.tasks_started = self.tasks_finished = 0
 
     async def start(self) -> None:
@@ -66,6 +72,30 @@ class CountedServer:
             await func(*args)
         finally:
             self.tasks_finished += 1
+
+    async def _serve_conn(self, stream: anyio.abc.SocketStream) -> None:
+        raise NotImplementedError
+
+    async def _accept_loop(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        """Take connections until the listener closes; past ``max_connections``, close at once."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError as exc:  # out of descriptors, aborted handshake...
+                log.debug("%s: accept failed: %s", self.name, exc)
+                await anyio.sleep(0.01)
+                continue
+            self.connections_opened += 1
+            self._conns.add(stream)
+            if len(self._conns) > self.max_connections:
+                self.connections_rejected += 1
+                await self._close_conn(stream)
+                continue
+            self._spawn(tg, self._serve_conn, stream)
 
     async def _close_conn(self, stream: anyio.abc.SocketStream) -> None:
         if stream in self._conns:

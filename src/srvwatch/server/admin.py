@@ -201,7 +201,7 @@ class AdminServer(CountedServer):
         self._streams_ended: anyio.Event | None = None
         self._responses: Counter[int] = Counter()
         self.sockets_opened = self.sockets_closed = 0
-        self.connections_rejected = self.connections_timed_out = 0
+        self.connections_timed_out = 0
         self.requests = self.protocol_errors = self.handler_errors = 0
         self.sse_opened = self.sse_closed = self.sse_events = self.sse_keepalives = 0
 
@@ -308,26 +308,6 @@ class AdminServer(CountedServer):
             await self._streams_ended.wait()
 
     # -- connections -------------------------------------------------------------------------
-
-    async def _accept_loop(
-        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
-    ) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            except OSError as exc:  # out of descriptors, aborted handshake...
-                log.debug("%s: accept failed: %s", self.name, exc)
-                await anyio.sleep(0.01)
-                continue
-            self.connections_opened += 1
-            self._conns.add(stream)
-            if len(self._conns) > self.max_connections:
-                self.connections_rejected += 1
-                await self._close_conn(stream)
-                continue
-            self._spawn(tg, self._serve_conn, stream)
 
     async def _serve_conn(self, stream: anyio.abc.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
