@@ -378,3 +378,16 @@ async def test_metrics_count_output_writes_and_failures_per_watch(
         assert (tmp_path / "http.json").exists()
         # The failing watch still serves: its endpoints are in /endpoints.
         assert await _has_endpoints(http, zones.ONE_SRV)
+
+
+async def test_no_reload_once_shutting_down(knot: KnotServer, tmp_path: Path) -> None:
+    stub, admin, other = free_port(), free_port(), free_port()
+    path = tmp_path / "srvwatch.toml"
+    config = config_of(config_text(knot.address(), [stub], admin, [HTTP_WATCH]), path)
+    async with running(config) as (sidecar, _):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sidecar.shutdown, 0.5)
+            await anyio.sleep(0.05)
+            path.write_text(config_text(knot.address(), [stub, other], admin, [HTTP_WATCH]))
+            assert not await sidecar.reload()
+            assert sidecar.counts()["listeners"] == 1

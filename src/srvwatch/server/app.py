@@ -251,9 +251,12 @@ class Sidecar:
         """Read the config file again (or take ``config``) and apply what changed.
 
         False, with the running config untouched, when the new one is invalid
-        or a new listener cannot bind.
+        or a new listener cannot bind, and once shutting down.
         """
         async with self._reload_lock:
+            if self.shutting_down or self._tg is None:
+                log.warning("reload ignored: shutting down")
+                return False
             try:
                 if config is None:
                     if self.config.source is None:
