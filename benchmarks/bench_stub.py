@@ -296,7 +296,7 @@ def srvwatch_serve_status() -> str | None:
 def srvwatch_peer(loop: str, knot: KnotServer, workdir: Path) -> Peer:
     port = free_port()
     argv = [sys.executable, "-m", "srvwatch.cli", "serve", "--listen", f"{HOST}:{port}"]
-    argv += ["--upstream", knot.address(), "--loop", loop]
+    argv += ["--upstream", knot.address(), "--loop", loop, "--admin", f"{HOST}:{free_port()}"]
     return Peer(srvwatch_name(loop), argv, port, workdir, env=_python_env(), notes="defaults")
 
 
