@@ -361,3 +361,26 @@ def test_usage_errors_of_resolve_and_watch_exit_2_naming_the_flag() -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "--timeout" in result.stderr
+
+
+# -- the Kubernetes example --------------------------------------------------------------
+
+
+def test_the_kubernetes_probes_can_reach_the_admin_port() -> None:
+    """The kubelet runs httpGet probes from the node, against the pod IP unless ``host`` is
+    set: ``host: 127.0.0.1`` probes the node's own loopback, so the pod never gets ready
+    (or the kubelet restarts it). The admin port must listen on the pod IP for them.
+    Before the fix the example set ``host: 127.0.0.1`` with ``listen = "127.0.0.1:8181"``.
+    """
+    import yaml
+
+    from tests.test_docs import blocks_of
+
+    docs = [d for b in blocks_of("yaml", "sidecar.md") for d in yaml.safe_load_all(b.text)]
+    (config_map,) = [d for d in docs if d.get("kind") == "ConfigMap"]
+    (pod,) = [d for d in docs if d.get("kind") == "Pod"]
+    config = parse_config(config_map["data"]["srvwatch.toml"].encode(), "srvwatch.toml")
+    assert config.admin.listen.host in ("", "0.0.0.0", "::"), "probes come from the node"
+    (sidecar,) = [c for c in pod["spec"]["containers"] if c["name"] == "srvwatch"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "host" not in sidecar[probe]["httpGet"], f"{probe} would probe the node"
