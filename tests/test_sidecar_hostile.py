@@ -384,3 +384,28 @@ def test_the_kubernetes_probes_can_reach_the_admin_port() -> None:
     (sidecar,) = [c for c in pod["spec"]["containers"] if c["name"] == "srvwatch"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert "host" not in sidecar[probe]["httpGet"], f"{probe} would probe the node"
+
+
+@pytest.mark.slow
+def test_a_change_reloaded_by_sighup_is_not_applied_again_by_the_file_check(
+    knot: KnotServer, tmp_path: Path
+) -> None:
+    """Before the fix the file check compared with the digest it saw last, not the running
+    one: every change reloaded by SIGHUP was applied a second time 2 s later, and
+    srvwatch_reload_total counted 2 (201 SIGHUPs in a soak counted 216)."""
+    stub, admin = free_port(), free_port()
+    path = tmp_path / "srvwatch.toml"
+    path.write_text(config_text(knot.address(), [stub], admin, [HTTP_WATCH], lame_duck=0.2))
+    server = _serve(path)
+    try:
+        _wait_ready(admin, server)
+        path.write_text(config_text(knot.address(), [stub], admin, [], lame_duck=0.2))
+        server.send_signal(signal.SIGHUP)
+        time.sleep(4.5)  # two file checks
+        metrics = httpx.get(f"http://{HOST}:{admin}/metrics", timeout=2.0).text
+        assert "srvwatch_reload_total 1.0" in metrics
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=10)
+        assert out.count("reloaded config") == 1, out
+    finally:
+        _stop(server)

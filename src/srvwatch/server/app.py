@@ -606,7 +606,9 @@ class Sidecar:
             except ConfigError:
                 continue  # mid-replacement (an editor, a ConfigMap symlink swap): look again
             digest = hashlib.sha256(data).hexdigest()
-            if digest != seen and not self.shutting_down:
+            if digest == self.config.digest:  # running already (a SIGHUP reloaded it)
+                seen = digest
+            elif digest != seen and not self.shutting_down:
                 seen = digest  # a rejected file is not tried again until it changes
                 await self.reload()
 
