@@ -409,3 +409,33 @@ def test_a_change_reloaded_by_sighup_is_not_applied_again_by_the_file_check(
         assert out.count("reloaded config") == 1, out
     finally:
         _stop(server)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`srvwatch watch ... --format json | head -1` ends in an ExceptionGroup "
+    "traceback (BrokenPipeError) instead of a quiet exit",
+)
+def test_watch_into_a_closed_pipe_exits_quietly(knot: KnotServer) -> None:
+    command = [sys.executable, "-m", "srvwatch.cli", "watch", zones.ONE_SRV,
+               "-n", knot.address(), "--format", "json"]  # fmt: skip
+    with subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as watcher:
+        assert watcher.stdout is not None
+        assert watcher.stderr is not None
+        assert watcher.stdout.readline().startswith("{")
+        watcher.stdout.close()  # as `| head -1` does; then a change makes the next line
+        knot.set_records(zones.ONE_TARGET, "A", 1, ["127.0.0.32"])
+        try:
+            watcher.wait(timeout=15)
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+        err = watcher.stderr.read()
+    assert "Traceback" not in err, err[-400:]
