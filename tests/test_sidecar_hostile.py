@@ -439,3 +439,39 @@ def test_watch_into_a_closed_pipe_exits_quietly(knot: KnotServer) -> None:
                 watcher.kill()
         err = watcher.stderr.read()
     assert "Traceback" not in err, err[-400:]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="a SIGHUP reload runs inside the signal loop: a SIGTERM that arrives while it warms "
+    "a new resolver waits up to the policy's lifetime before shutdown even begins",
+)
+def test_a_sigterm_during_a_reload_starts_the_shutdown_at_once(
+    knot: KnotServer, tmp_path: Path
+) -> None:
+    stub, admin, dead = free_port(), free_port(), free_port()
+    slow = "[policy]\nmin_ttl = 1.0\ntimeout = 0.5\nlifetime = 8.0\n"
+    path = tmp_path / "srvwatch.toml"
+    path.write_text(
+        config_text(knot.address(), [stub], admin, [HTTP_WATCH], policy=slow, lame_duck=0.2)
+    )
+    server = _serve(path)
+    try:
+        _wait_ready(admin, server)
+        path.write_text(
+            config_text(f"{HOST}:{dead}", [stub], admin, [HTTP_WATCH], policy=slow, lame_duck=0.2)
+        )
+        server.send_signal(signal.SIGHUP)  # the new resolver warms for up to 8 s
+        time.sleep(0.3)
+        asked = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "shutting down" in line:
+                break
+        assert time.monotonic() - asked < 2.0
+        server.communicate(timeout=15)
+        assert server.returncode == 0
+    finally:
+        _stop(server)
