@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -177,6 +179,25 @@ async def _resolve(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A ``--timeout``/``--lifetime`` value: argparse names the flag and exits 2 otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` is only the reader of our output going away (``| head``)."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    inner: Sequence[BaseException] = getattr(exc, "exceptions", ())  # a task group's group
+    return bool(inner) and all(_broken_pipe(e) for e in inner)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srvwatch", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,8 +210,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="host, host:port or [v6]:port (repeatable; default: /etc/resolv.conf)",
     )
-    resolve.add_argument("--timeout", type=float, default=1.0, help="per attempt, seconds")
-    resolve.add_argument("--lifetime", type=float, default=5.0, help="per lookup, seconds")
+    resolve.add_argument("--timeout", type=_seconds, default=1.0, help="per attempt, seconds")
+    resolve.add_argument("--lifetime", type=_seconds, default=5.0, help="per lookup, seconds")
     watch = commands.add_parser(
         "watch", help="print every change of one or more names until Ctrl-C"
     )
@@ -205,8 +226,8 @@ def _parser() -> argparse.ArgumentParser:
         help="text (default), json (a document per line) or table (live; needs rich)",
     )
     watch.add_argument("-n", "--nameserver", action="append", help="as for resolve")
-    watch.add_argument("--timeout", type=float, default=1.0, help="per attempt, seconds")
-    watch.add_argument("--lifetime", type=float, default=5.0, help="per lookup, seconds")
+    watch.add_argument("--timeout", type=_seconds, default=1.0, help="per attempt, seconds")
+    watch.add_argument("--lifetime", type=_seconds, default=5.0, help="per lookup, seconds")
     serve = commands.add_parser(
         "serve", help="run the DNS stub: point any client's resolver at it (until SIGTERM)"
     )
@@ -316,6 +337,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        if not _broken_pipe(exc):
+            raise
+        # The reader left (`srvwatch watch ... | head`): end quietly, as a killed
+        # SIGPIPE would, and keep the interpreter's last flush off the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":

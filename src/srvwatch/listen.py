@@ -278,7 +278,12 @@ class DnsListener(CountedServer):
             self.port = port
             return udp, listeners
         assert last is not None
-        raise last
+        # Name the address: "[Errno 98] Address already in use" alone says nothing of
+        # which listener of several (or which config key) is at fault.
+        where = format_hostport(self.host, self._requested_port)
+        raise OSError(
+            last.errno, f"{self.name}: cannot bind {where}: {last.strerror or last}"
+        ) from last
 
     # -- UDP ---------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from prometheus_client import CollectorRegistry
 
 from ..address import ListenAddress
@@ -37,7 +38,7 @@ from ..listen import DnsListener, Peer
 from ..prometheus import ResolverCollector, SidecarInfo
 from ..resolver import Resolver
 from .admin import AdminServer
-from .config import Config, ConfigError, WatchConfig, load_config
+from .config import Config, ConfigError, WatchConfig, load_config, read_config_bytes
 from .outputs import update_document
 from .parts import (
     Hosted,
@@ -501,22 +502,30 @@ class Sidecar:
         seen = self.config.digest
         while not self.shutting_down:
             await anyio.sleep(POLL_INTERVAL)
-            try:
-                data = await anyio.Path(path).read_bytes()
-            except OSError:
+            try:  # bounded, and never blocked by a FIFO: a reload reports what is wrong
+                data = await anyio.to_thread.run_sync(read_config_bytes, path)
+            except ConfigError:
                 continue  # mid-replacement (an editor, a ConfigMap symlink swap): look again
             digest = hashlib.sha256(data).hexdigest()
-            if digest != seen and not self.shutting_down:
+            if digest == self.config.digest:  # running already (a SIGHUP reloaded it)
+                seen = digest
+            elif digest != seen and not self.shutting_down:
                 seen = digest  # a rejected file is not tried again until it changes
                 await self.reload()
 
 
 async def _cancel_on_second_signal(scope: anyio.CancelScope) -> None:
-    """A second SIGTERM or Ctrl-C during the lame duck: stop waiting, close at once."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
+    """A second SIGTERM or Ctrl-C during the lame duck: stop waiting, close at once.
+
+    SIGHUP stays caught until the process ends (a reload is moot now): its
+    default action would kill the process in the middle of the lame duck.
+    """
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP while shutting down: no reload")
+                continue
             scope.cancel()
-            return
 
 
 async def serve(

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import reprlib
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import msgspec
 
 from ..address import AddressError, ListenAddress, parse_listen, parse_nameserver
-from ..names import absolute_name, is_absolute
+from ..names import absolute_name
 from ..policy import Policy
 from .stub import DEFAULT_ALLOW
 
@@ -45,6 +46,7 @@ __all__ = [
     "WatchType",
     "load_config",
     "parse_config",
+    "read_config_bytes",
 ]
 
 WatchType = Literal["SRV", "A", "AAAA"]
@@ -231,14 +233,36 @@ class Config:
         )
 
 
+def read_config_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A config file's bytes, at most one past :data:`MAX_FILE_SIZE`; a :class:`ConfigError`
+    for anything but a readable regular file.
+
+    Opened without blocking and checked before reading, so a FIFO or a device
+    swapped in at the path (or a symlink to ``/dev/zero``) can neither hang the
+    reader nor fill its memory.
+    """
+    source = os.fspath(path)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+            raise ConfigError(source, "", f"not a regular file ({kind})")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; every failure is a :class:`ConfigError`."""
     source = os.fspath(path)
-    try:
-        with open(source, "rb") as file:
-            data = file.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from None
+    data = read_config_bytes(source)
     if len(data) > MAX_FILE_SIZE:
         raise ConfigError(source, "", f"larger than {MAX_FILE_SIZE} bytes: not a config file")
     return parse_config(data, source)
@@ -345,19 +369,24 @@ def _user_path(tokens: Sequence[str | int]) -> str:
 
 def _overlap_key(address: ListenAddress) -> tuple[str, int]:
     host = "127.0.0.1" if address.host == "localhost" else address.host or "0.0.0.0"
+    mapped = ipaddress.ip_address(host)
+    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+        host = str(mapped.ipv4_mapped)  # [::ffff:127.0.0.1] binds 127.0.0.1 too
     return host, address.port
 
 
 def _overlaps(a: ListenAddress, b: ListenAddress) -> bool:
-    """Whether two listeners would fight over one port: same host, or a wildcard of its family."""
+    """Whether two listeners would fight over one port: same host, or a wildcard of its family.
+
+    ``[::]`` is a wildcard of both families: Linux binds it dual-stack (bindv6only=0).
+    """
     (host_a, port_a), (host_b, port_b) = _overlap_key(a), _overlap_key(b)
     if port_a != port_b:
         return False
-    if host_a == host_b:
+    if host_a == host_b or "::" in (host_a, host_b):
         return True
     v6_a, v6_b = ":" in host_a, ":" in host_b
-    wildcard = "::" if v6_a else "0.0.0.0"
-    return v6_a == v6_b and wildcard in (host_a, host_b)
+    return v6_a == v6_b and "0.0.0.0" in (host_a, host_b)
 
 
 class _Checker:
@@ -554,13 +583,14 @@ class _Checker:
         self, items: Sequence[_Watch | dict[str, Any]], path: Callable[[int, str], str]
     ) -> tuple[WatchConfig, ...]:
         """``path(i, key)`` names watch ``i``'s ``key``: ``watch[1].eds_file``, or a flag."""
-        seen: dict[tuple[str, bool, str], int] = {}
+        seen: dict[tuple[str, str], int] = {}
         files: dict[str, str] = {}
         watches: list[WatchConfig] = []
         for i, item in enumerate(items):
             raw = item if isinstance(item, _Watch) else _Watch(**item)
             watch = self.watch(raw, functools.partial(path, i))
-            key = (absolute_name(watch.name, "name"), is_absolute(watch.name), watch.type)
+            # The sidecar keeps one watch per name and type, whatever its case or final dot.
+            key = (absolute_name(watch.name, "name"), watch.type)
             if key in seen:
                 message = f"{watch.name} {watch.type} is watched by {path(seen[key], 'name')} too"
                 self.fail(path(i, "name"), message, raw.name)
