@@ -287,9 +287,9 @@ def test_listeners_that_would_fight_over_a_port_are_refused(
 
 def test_listeners_on_different_ports_or_families_are_fine() -> None:
     config = parse_config(
-        b'[stub]\nlisten = [":53", "[::]:53", "127.0.0.1:54"]\n[admin]\nlisten = ":8181"\n', "x"
+        b'[stub]\nlisten = [":53", "[::1]:53", "127.0.0.1:54"]\n[admin]\nlisten = ":8181"\n', "x"
     )
-    assert [str(a) for a in config.stub.listen] == [":53", "[::]:53", "127.0.0.1:54"]
+    assert [str(a) for a in config.stub.listen] == [":53", "[::1]:53", "127.0.0.1:54"]
 
 
 # -- check-config, as a user runs it -------------------------------------------------------
@@ -340,7 +340,7 @@ def test_check_config_summary_of_the_design_example(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda d: d / "missing.toml", "cannot read the file: No such file or directory"),
-        (lambda d: d, "cannot read the file: Is a directory"),
+        (lambda d: d, "not a regular file (a directory)"),
         (lambda d: _write(d / "latin1.toml", b'name = "caf\xe9"\n'), "not UTF-8 text: byte 0xe9"),
         (lambda d: _write(d / "bad.toml", b"[stub\n"), "not valid TOML: Expected ']'"),
         (lambda d: _write(d / "big.toml", b"#" * (2 << 20)), "larger than 1048576 bytes"),

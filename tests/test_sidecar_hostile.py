@@ -377,7 +377,9 @@ def test_the_kubernetes_probes_can_reach_the_admin_port() -> None:
     (pod,) = [d for d in docs if d.get("kind") == "Pod"]
     config = parse_config(config_map["data"]["srvwatch.toml"].encode(), "srvwatch.toml")
     assert config.admin.listen.host in ("", "0.0.0.0", "::"), "probes come from the node"
-    (sidecar,) = [c for c in pod["spec"]["containers"] if c["name"] == "srvwatch"]
+    spec = pod["spec"]
+    containers = spec.get("initContainers", []) + spec["containers"]  # a native sidecar or not
+    (sidecar,) = [c for c in containers if c["name"] == "srvwatch"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert "host" not in sidecar[probe]["httpGet"], f"{probe} would probe the node"
 
