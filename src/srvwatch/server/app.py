@@ -18,8 +18,10 @@ warm up, but only the watches present at start-up gate readiness.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
+import math
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from ..address import ListenAddress
 from ..endpoints import Update
+from ..errors import ResolveError
 from ..listen import DnsListener, Peer
 from ..prometheus import ResolverCollector, SidecarInfo
 from ..resolver import Resolver
@@ -143,7 +146,28 @@ class Sidecar:
         await self._start_admin(config.admin.listen)
         for watch in config.watch:
             self._start_watch(watch, gates_ready=True)
+        assert self._tg is not None
+        # Without watches nothing would ask upstream before a client does, and /ready
+        # (which clients may wait for) would wait on that: ask it something now.
+        self._tg.start_soon(self._probe, self._resolver, math.inf)
         self._say(f"upstream {', '.join(map(str, self._resolver.nameservers))}")
+
+    async def _probe(self, resolver: Resolver, within: float) -> bool:
+        """Ask the upstreams the root's NS until one answers (any rcode) or ``within`` runs out.
+
+        True once a nameserver has answered. Failures back off as the policy says.
+        """
+        health = resolver.transport.health
+        failures = 0
+        with anyio.move_on_after(within):
+            while not health.any_answered and not self.shutting_down:
+                with contextlib.suppress(ResolveError):
+                    await resolver.resolve(".", "NS")
+                if health.any_answered:
+                    break
+                failures += 1
+                await anyio.sleep(resolver.policy.backoff_delay(failures))
+        return health.any_answered
 
     async def aclose(self) -> None:
         """Close everything, last opened first; idempotent."""
@@ -276,7 +300,9 @@ class Sidecar:
     async def _apply(self, new: Config) -> None:
         old = self.config
         self.waiting_on()  # notes whether the sidecar has been ready, for the watches added
-        # 1. What can fail comes first, so a failure leaves everything as it was.
+        # 1. What can fail comes first, so a failure leaves everything as it was: new
+        #    upstreams must answer, new listeners and a new admin address must bind.
+        fresh = await self._answering_resolver(new) if new.upstreams != old.upstreams else None
         added = [a for a in new.stub.listen if a not in self._listeners]
         started: list[ListenAddress] = []
         try:
@@ -288,12 +314,14 @@ class Sidecar:
         except BaseException:
             for address in started:
                 await self._stop_listener(address)
+            if fresh is not None:
+                await fresh[1].stop()
             raise
-        # 2. The resolver: a new one for new upstreams (its watches warmed before the
-        #    switch), else the new policy applied in place, keeping the store.
+        # 2. The resolver: the new one for new upstreams (the watches move to it), else
+        #    the new policy applied in place, keeping the store.
         policy = replace(new.policy, cache_size=new.stub.cache_size)
-        if new.upstreams != old.upstreams:
-            await self._switch_resolver(new)
+        if fresh is not None:
+            await self._switch_resolver(new, *fresh)
         elif policy != self.resolver.policy:
             self.resolver.use_policy(policy)
             self._stub = Stub(self.resolver, allow=new.stub.allow)  # it reads the policy once
@@ -318,8 +346,24 @@ class Sidecar:
         self.config = new
         self._say(f"reloaded config {new.digest[:12]}")
 
-    async def _switch_resolver(self, new: Config) -> None:
+    async def _answering_resolver(self, new: Config) -> tuple[Resolver, Hosted]:
+        """A resolver for the new upstreams, once one of them has answered.
+
+        Switching to upstreams that never answer would drop every cached
+        answer for nothing: the reload is rejected instead, and the running
+        upstreams stay.
+        """
         resolver, hosted = await self._open_resolver(new)
+        if not await self._probe(resolver, new.policy.lifetime):
+            await hosted.stop()
+            upstreams = ", ".join(map(str, resolver.nameservers))
+            raise ValueError(
+                f"upstreams {upstreams}: none answered within {new.policy.lifetime:g}s; "
+                "the running upstreams stay"
+            )
+        return resolver, hosted
+
+    async def _switch_resolver(self, new: Config, resolver: Resolver, hosted: Hosted) -> None:
         old_resolver, old_host = self._resolver, self._resolver_host
         old_runners = self._watches
         self._resolver, self._resolver_host = resolver, hosted
@@ -327,9 +371,6 @@ class Sidecar:
         for key, runner in old_runners.items():
             self._start_watch(runner.config, gates_ready=False)
             self._watches[key].latest = runner.latest  # the endpoints served while it warms
-        with anyio.move_on_after(new.policy.lifetime):
-            while not resolver.transport.health.any_answered:  # noqa: ASYNC110
-                await anyio.sleep(0.05)
         self._stub = Stub(resolver, allow=new.stub.allow)
         self._collect(resolver)
         for runner in old_runners.values():
@@ -363,7 +404,12 @@ class Sidecar:
             waiting.append("upstream: no nameserver has answered yet")
         for runner in self._watches.values():
             if runner.gates_ready and not runner.has_data:
-                waiting.append(f"watch {runner.label}: no data yet")
+                waiting += [
+                    f"watch {runner.label}: cannot write {path}: {why}"
+                    for path, why in runner.files_failing.items()
+                ]
+                if runner.latest is None or not runner.files_failing:
+                    waiting.append(f"watch {runner.label}: no data yet")
         if not waiting:
             self._ever_ready = True
         return waiting

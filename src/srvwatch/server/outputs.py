@@ -273,6 +273,8 @@ class OutputFiles:
         self.held = 0
         """Updates not written because they were stale with no endpoints to keep."""
         self._written: dict[Path, bytes | None] = {}
+        self.failing: dict[Path, str] = {}
+        """Files whose last write failed, with why: what ``/ready`` reports until one succeeds."""
         self._lock = anyio.Lock()
 
     def __repr__(self) -> str:
@@ -328,10 +330,12 @@ class OutputFiles:
                 self._written[path] = _read_or_none(path)  # what an earlier run left
             if self._written[path] == data:
                 self.unchanged += 1
+                self.failing.pop(path, None)
                 return
             write_atomic(path, data, self.mode)
         except Exception as exc:
             self.write_failures += 1
+            self.failing[path] = str(exc) or type(exc).__name__
             self._written.pop(path, None)  # unknown now: compare with the disk next time
             if isinstance(exc, OSError):
                 log.warning("%s: cannot write %s: %s", self.name, path, exc)
@@ -339,4 +343,5 @@ class OutputFiles:
                 log.error("%s: cannot build %s", self.name, path, exc_info=exc)
             return
         self._written[path] = data
+        self.failing.pop(path, None)
         self.writes += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+FILE_RETRY_INTERVAL = 5.0
+"""Seconds between attempts to write an output file whose last write failed."""
 
 
 class Hosted:
@@ -109,18 +113,7 @@ class WatchRunner:
         try:
             with self._scope:
                 async with resolver.watch(self.config.name, self.config.type) as updates:
-                    async for update in updates:
-                        if self.outputs is not None:  # files first: /ready waits for them
-                            await self.outputs.write(update)
-                        self.latest = update
-                        self.updates += 1
-                        log.info(
-                            "watch %s: v%d %d endpoints%s",
-                            self.label,
-                            update.version,
-                            len(update.endpoints),
-                            " (stale)" if update.stale else "",
-                        )
+                    await self._follow(updates)
         except (ResolveError, ValueError) as exc:  # a bad name found late: this watch only
             log.error("watch %s stopped: %s", self.label, exc)
         except Exception:  # never the sidecar, nor the other watches
@@ -128,10 +121,47 @@ class WatchRunner:
         finally:
             self._done.set()
 
+    async def _follow(self, updates: Updates) -> None:
+        """Keep ``latest`` and the files current; retry a file that failed every few seconds.
+
+        A file fails for a missing directory or a full disk, which an operator
+        fixes without touching DNS: waiting for the next update could wait forever.
+        """
+        while True:
+            retry = FILE_RETRY_INTERVAL if self.files_failing else math.inf
+            with anyio.move_on_after(retry):
+                try:
+                    update = await updates.__anext__()
+                except StopAsyncIteration:
+                    return
+                if self.outputs is not None:  # files first: /ready waits for them
+                    await self.outputs.write(update)
+                self.latest = update
+                self.updates += 1
+                log.info(
+                    "watch %s: v%d %d endpoints%s",
+                    self.label,
+                    update.version,
+                    len(update.endpoints),
+                    " (stale)" if update.stale else "",
+                )
+                continue
+            if self.outputs is not None and self.latest is not None:
+                await self.outputs.write(self.latest)
+
+    @property
+    def files_failing(self) -> dict[str, str]:
+        """Output files whose last write failed: path -> why."""
+        if self.outputs is None:
+            return {}
+        return {str(path): why for path, why in self.outputs.failing.items()}
+
     @property
     def has_data(self) -> bool:
+        """An answer to serve, and its files written: what ``/ready`` waits for."""
         latest = self.latest
-        return latest is not None and (bool(latest.endpoints) or latest.error is None)
+        answered = latest is not None and (bool(latest.endpoints) or latest.error is None)
+        return answered and not self.files_failing
 
     async def stop(self) -> None:
         self._scope.cancel()
