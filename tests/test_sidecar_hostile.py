@@ -433,11 +433,6 @@ def test_watch_into_a_closed_pipe_exits_quietly(knot: KnotServer) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SIGHUP reload runs inside the signal loop: a SIGTERM that arrives while it warms "
-    "a new resolver waits up to the policy's lifetime before shutdown even begins",
-)
 def test_a_sigterm_during_a_reload_starts_the_shutdown_at_once(
     knot: KnotServer, tmp_path: Path
 ) -> None:

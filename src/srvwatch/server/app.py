@@ -118,6 +118,8 @@ class Sidecar:
         self.reloads = 0
         self.reload_failures = 0
         self._reload_lock = anyio.Lock()
+        self._reload_waits = anyio.CancelScope()
+        """Entered by each reload that waits on new upstreams; cancelled by a shutdown."""
         self._opened: collections.Counter[str] = collections.Counter()
         self._retired: collections.Counter[str] = collections.Counter()
         """The summed stats() of closed stub listeners."""
@@ -198,6 +200,7 @@ class Sidecar:
         ones in flight finish (up to one lookup's lifetime) before closing.
         """
         self.shutting_down = True
+        self._reload_waits.cancel()
         grace = self.config.policy.lifetime
         for _, listener in self._listeners.values():
             listener.grace = grace
@@ -294,6 +297,11 @@ class Sidecar:
                 log.error("reload rejected, the running config goes on: %s", exc)
                 self._say(f"reload rejected: {exc}")
                 return False
+            except Exception:  # a reload must never take the sidecar down
+                self.reload_failures += 1
+                log.exception("reload failed, the running config goes on")
+                self._say("reload failed: see the log")
+                return False
             self.reloads += 1
             return True
 
@@ -302,7 +310,13 @@ class Sidecar:
         self.waiting_on()  # notes whether the sidecar has been ready, for the watches added
         # 1. What can fail comes first, so a failure leaves everything as it was: new
         #    upstreams must answer, new listeners and a new admin address must bind.
-        fresh = await self._answering_resolver(new) if new.upstreams != old.upstreams else None
+        fresh = None
+        if new.upstreams != old.upstreams:
+            self._reload_waits = anyio.CancelScope()  # the one long wait: a shutdown cuts it
+            with self._reload_waits:
+                fresh = await self._answering_resolver(new)
+            if fresh is None:
+                raise ValueError("reload cancelled: shutting down")
         added = [a for a in new.stub.listen if a not in self._listeners]
         started: list[ListenAddress] = []
         try:
@@ -354,7 +368,13 @@ class Sidecar:
         upstreams stay.
         """
         resolver, hosted = await self._open_resolver(new)
-        if not await self._probe(resolver, new.policy.lifetime):
+        try:
+            answered = await self._probe(resolver, new.policy.lifetime)
+        except BaseException:  # cancelled by a shutdown
+            with anyio.CancelScope(shield=True):
+                await hosted.stop()
+            raise
+        if not answered:
             await hosted.stop()
             upstreams = ", ".join(map(str, resolver.nameservers))
             raise ValueError(
@@ -535,7 +555,7 @@ class Sidecar:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    self._tg.start_soon(self.reload)  # signals keep being heard meanwhile
                     continue
                 log.info("%s: stopping", signal.Signals(signum).name)
                 break
