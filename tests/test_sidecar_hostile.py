@@ -211,7 +211,6 @@ async def test_a_stub_listener_that_cannot_bind_names_its_address(knot: KnotServ
                 pass
 
 
-@pytest.mark.xfail(strict=True, reason="the admin bind error names no address (admin.py)")
 @pytest.mark.anyio
 async def test_an_admin_port_that_cannot_bind_names_its_address(knot: KnotServer) -> None:
     stub, admin = free_port(), free_port()
@@ -292,11 +291,6 @@ async def test_a_stub_only_sidecar_gets_ready_without_a_client_query(knot: KnotS
 # -- the admin port ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="64 connections that send nothing hold every admin slot for idle_timeout (60 s): "
-    "/health and /ready are refused, so the kubelet restarts a healthy sidecar",
-)
 @pytest.mark.anyio
 async def test_silent_connections_cannot_lock_the_probes_out(knot: KnotServer) -> None:
     stub, admin = free_port(), free_port()
@@ -311,11 +305,6 @@ async def test_silent_connections_cannot_lock_the_probes_out(knot: KnotServer) -
                 await hog.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="h11 only bounds an incomplete head: a 9 KiB header that arrives in one read "
-    "(the server reads 64 KiB at a time) is served, not answered 431 as documented",
-)
 @pytest.mark.anyio
 async def test_a_request_head_over_8_kib_in_one_packet_gets_431(knot: KnotServer) -> None:
     stub, admin = free_port(), free_port()

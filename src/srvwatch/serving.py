@@ -91,11 +91,15 @@ class CountedServer:
                 continue
             self.connections_opened += 1
             self._conns.add(stream)
-            if len(self._conns) > self.max_connections:
+            if len(self._conns) > self.max_connections and not self._make_room():
                 self.connections_rejected += 1
                 await self._close_conn(stream)
                 continue
             self._spawn(tg, self._serve_conn, stream)
+
+    def _make_room(self) -> bool:
+        """At the connection cap: close an idle connection for a new one (True), or refuse."""
+        return False
 
     async def _close_conn(self, stream: anyio.abc.SocketStream) -> None:
         if stream in self._conns:

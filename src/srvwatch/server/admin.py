@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 _ALLOW = "GET, HEAD"
 _PATHS = ("/health", "/ready", "/metrics", "/endpoints", "/watch")
 _RECEIVE_SIZE = 65536
+_PROBE_SLOTS = 8
+"""Connections event streams can never take: room for /health, /ready and /metrics."""
 _STREAM_SEND_BUFFER = 65536
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 """What a socket raises when the client has gone away."""
@@ -189,6 +191,8 @@ class AdminServer(CountedServer):
         self.host = listen.bind_host
         self.port = listen.port
         self.max_connections = max_connections
+        self.max_streams = max(1, max_connections - _PROBE_SLOTS)
+        """Event streams at most: the rest of the connections stay free for probes."""
         self.max_header_bytes = max_header_bytes
         self.header_timeout = float(header_timeout)
         self.idle_timeout = float(idle_timeout)
@@ -198,10 +202,12 @@ class AdminServer(CountedServer):
         super().__init__()
         self._listener: anyio.abc.SocketListener | None = None
         self._feeds: set[_Feed] = set()
+        self._idle: dict[anyio.abc.SocketStream, anyio.CancelScope] = {}
+        """Connections waiting for a request's first byte, oldest first: evicted at the cap."""
         self._streams_ended: anyio.Event | None = None
         self._responses: Counter[int] = Counter()
         self.sockets_opened = self.sockets_closed = 0
-        self.connections_timed_out = 0
+        self.connections_timed_out = self.connections_evicted = 0
         self.requests = self.protocol_errors = self.handler_errors = 0
         self.sse_opened = self.sse_closed = self.sse_events = self.sse_keepalives = 0
 
@@ -233,6 +239,7 @@ class AdminServer(CountedServer):
             "connections_open": len(self._conns),
             "connections_rejected": self.connections_rejected,
             "connections_timed_out": self.connections_timed_out,
+            "connections_evicted": self.connections_evicted,
             "tasks_started": self.tasks_started,
             "tasks_finished": self.tasks_finished,
             "requests": self.requests,
@@ -255,7 +262,14 @@ class AdminServer(CountedServer):
         """
         if self._tg is not None:
             raise RuntimeError(f"{self.name} is already serving on {self.address}")
-        multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self.listen.port)
+        try:
+            multi = await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self.listen.port
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{self.name}: cannot bind {self.address}: {exc.strerror or exc}"
+            ) from exc
         listeners = [x for x in multi.listeners if isinstance(x, anyio.abc.SocketListener)]
         self.sockets_opened += len(multi.listeners)
         if len(listeners) != 1:  # an IP literal binds one socket
@@ -309,6 +323,15 @@ class AdminServer(CountedServer):
 
     # -- connections -------------------------------------------------------------------------
 
+    def _make_room(self) -> bool:
+        """At the connection cap, close the oldest connection that has sent nothing yet."""
+        for stream, waiting in self._idle.items():
+            del self._idle[stream]
+            waiting.cancel()
+            self.connections_evicted += 1
+            return True
+        return False
+
     async def _serve_conn(self, stream: anyio.abc.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         try:
@@ -327,9 +350,11 @@ class AdminServer(CountedServer):
 
     async def _serve_requests(self, stream: anyio.abc.SocketStream, conn: h11.Connection) -> None:
         """Requests one after another on a kept-alive connection, until one says close."""
+        first = True
         while True:
             try:
-                event = await self._read_request(stream, conn)
+                event = await self._read_request(stream, conn, first)
+                first = False
             except h11.RemoteProtocolError as exc:
                 self.protocol_errors += 1
                 status = exc.error_status_hint
@@ -353,7 +378,7 @@ class AdminServer(CountedServer):
             conn.start_next_cycle()
 
     async def _read_request(
-        self, stream: anyio.abc.SocketStream, conn: h11.Connection
+        self, stream: anyio.abc.SocketStream, conn: h11.Connection, first: bool = False
     ) -> h11.Request | _Timeout | None:
         """The next request's head, or None at a clean close, or a timeout.
 
@@ -361,7 +386,10 @@ class AdminServer(CountedServer):
         of a request is in, the whole head must follow within ``header_timeout``.
         """
         partial = bool(conn.trailing_data[0])
-        deadline = anyio.current_time() + (self.header_timeout if partial else self.idle_timeout)
+        # A new connection gets header_timeout for its first request, a kept-alive one
+        # idle_timeout between requests: connections that never send cannot hold slots.
+        wait = self.header_timeout if partial or first else self.idle_timeout
+        deadline = anyio.current_time() + wait
         while True:
             event = conn.next_event()
             if isinstance(event, h11.Request):
@@ -371,11 +399,18 @@ class AdminServer(CountedServer):
             if event is not h11.NEED_DATA:  # nothing else can come before a request
                 raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}", 400)
             data: bytes | None = None
-            with anyio.move_on_after(deadline - anyio.current_time()):
+            # At most the head's bound per read: h11 bounds only an incomplete head, and a
+            # whole oversized head arriving in one read would otherwise pass.
+            with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
+                if not partial:
+                    self._idle[stream] = waiting  # evictable while it has sent nothing
                 try:
-                    data = await stream.receive(_RECEIVE_SIZE)
+                    room = self.max_header_bytes + 1 - len(conn.trailing_data[0])
+                    data = await stream.receive(max(room, 1))
                 except anyio.EndOfStream:
                     data = b""
+                finally:
+                    self._idle.pop(stream, None)
             if data is None:
                 return _Timeout(partial)
             if data and not partial:
@@ -516,6 +551,10 @@ class AdminServer(CountedServer):
             )
             return True
         name = names[0]
+        if len(self._feeds) >= self.max_streams:
+            reply = _Reply(503, "too many event streams; try again later\n", close=True)
+            await self._send_reply(stream, conn, request, reply)
+            return False
         try:
             subscription = self._state.subscribe(name)
             updates = await subscription.__aenter__()
