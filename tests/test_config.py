@@ -758,3 +758,18 @@ def test_the_documented_listen_errors_are_the_real_ones() -> None:
         (written,) = re.findall(r"`([^`]*)`", written_cell)
         literal = written if "TOML integer" in written_cell else toml_string(written.strip('"'))
         assert str(error_of(f"admin.listen = {literal}\n")) == message[1]
+
+
+def test_allow_networks_with_host_bits_set_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"stub.allow\[0\]: has host bits set: write 10.0.0.0/8"):
+        parse_config(b'[stub]\nallow = ["10.0.0.1/8"]\n', "x")
+    assert parse_config(b'[stub]\nallow = ["10.0.0.0/8", "10.0.0.1"]\n', "x").stub.allow == (
+        "10.0.0.0/8",
+        "10.0.0.1/32",
+    )
+
+
+def test_an_output_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    text = f'[[watch]]\nname = "_a._tcp.x.test"\njson_file = "{tmp_path}"\n'
+    with pytest.raises(ConfigError, match=r"watch\[0\].json_file: names a directory"):
+        parse_config(text.encode(), "x")

@@ -547,20 +547,23 @@ class Sidecar:
 
     # -- the process ------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT, reloading on SIGHUP and on a file change; 0 when clean."""
+    async def run(self, signals: AsyncIterator[int]) -> int:
+        """Serve until SIGTERM or SIGINT, reloading on SIGHUP and on a file change; 0 when clean.
+
+        ``signals`` (SIGTERM, SIGINT, SIGHUP) is open from before the start to
+        after the close, so no SIGHUP ever meets its default action (exit).
+        """
         assert self._tg is not None
         if self.config.source is not None:
             self._tg.start_soon(self._poll_file, self.config.source)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self._tg.start_soon(self.reload)  # signals keep being heard meanwhile
-                    continue
-                log.info("%s: stopping", signal.Signals(signum).name)
-                break
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                self._tg.start_soon(self.reload)  # signals keep being heard meanwhile
+                continue
+            log.info("%s: stopping", signal.Signals(signum).name)
+            break
         with anyio.CancelScope() as lame_duck:
-            self._tg.start_soon(_cancel_on_second_signal, lame_duck)
+            self._tg.start_soon(_cancel_on_second_signal, signals, lame_duck)
             await self.shutdown()
         return 0
 
@@ -580,18 +583,16 @@ class Sidecar:
                 await self.reload()
 
 
-async def _cancel_on_second_signal(scope: anyio.CancelScope) -> None:
+async def _cancel_on_second_signal(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
     """A second SIGTERM or Ctrl-C during the lame duck: stop waiting, close at once.
 
-    SIGHUP stays caught until the process ends (a reload is moot now): its
-    default action would kill the process in the middle of the lame duck.
+    A SIGHUP now is noted and ignored: a reload is moot on the way out.
     """
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP while shutting down: no reload")
-                continue
-            scope.cancel()
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP while shutting down: no reload")
+            continue
+        scope.cancel()
 
 
 async def serve(
@@ -600,7 +601,8 @@ async def serve(
     out: TextIO = sys.stdout,
 ) -> int:
     """Run the sidecar until SIGTERM or SIGINT; 0 on a clean stop."""
-    async with Sidecar(config, overrides=overrides, out=out) as sidecar:
-        status = await sidecar.run()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with Sidecar(config, overrides=overrides, out=out) as sidecar:
+            status = await sidecar.run(signals)
     print("srvwatch: stopped", file=out, flush=True)
     return status

@@ -524,6 +524,10 @@ class _Checker:
                 network = ipaddress.ip_network(text, strict=False)
             except ValueError:
                 self.fail(path(i), "not an IP network (like 127.0.0.0/8 or ::1/128)", text)
+            try:
+                ipaddress.ip_network(text)  # strict: 10.0.0.1/8 is a typo more often than not
+            except ValueError:
+                self.fail(path(i), f"has host bits set: write {network} if that is meant", text)
             networks.append(str(network))
         return tuple(dict.fromkeys(networks))
 
@@ -620,7 +624,7 @@ class _Checker:
                 continue
             if not target.strip() or target.strip() != target or "\0" in target:
                 self.fail(path(kind), "not a usable file path", target)
-            if target.endswith(("/", os.sep)):
+            if target.endswith(("/", os.sep)) or os.path.isdir(target):
                 self.fail(path(kind), "names a directory, not a file", target)
         if raw.cluster is not None:
             if raw.eds_file is None:

@@ -62,6 +62,12 @@ class Stub:
         self._clock = resolver.records.store.clock
         self.counters: Counters = resolver.transport.counters
         self._allow: tuple[Network, ...] = tuple(_network(text) for text in allow)
+        for network in self._allow:
+            if network.prefixlen == 0:
+                log.warning(
+                    "allow %s: anyone who can reach the stub may use it (an open resolver)",
+                    network,
+                )
         self._keys: dict[bytes, tuple[Any, ...]] = {}
         self._fetching: dict[tuple[Any, ...], anyio.Event] = {}
         self._allowed_peers: dict[str, bool] = {}
