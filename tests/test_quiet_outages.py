@@ -155,7 +155,9 @@ async def test_a_flood_of_bad_replies_never_stalls_the_event_loop() -> None:
             flooder.kill()
     assert [rd.to_text() for rd in answer.records] == ["10.0.0.9"]
     assert ignored > 1000  # the flood did arrive
-    assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps):.3f}s"
+    # Before the fix the loop stalled 0.4-4.0 s; on a shared 2-vCPU machine the scheduler
+    # alone has taken 0.13 s from a healthy loop, so the bound sits between the two.
+    assert max(gaps) < 0.3, f"the event loop stalled for {max(gaps):.3f}s"
 
 
 async def test_cancelled_lookups_keep_descriptors_bounded_and_close_on_time() -> None:
