@@ -725,3 +725,27 @@ def test_the_table_renders_stale_empty_and_waiting_names() -> None:
     assert [c.strip() for c in row.split("│")][3:8] == ["10", "60", "10.0.0.11", "STALE", "7s"]
     assert "service not offered" in text
     assert "waiting for the first answer" in text
+
+
+def test_the_table_keeps_every_column_in_80_columns() -> None:
+    """Long names fold instead of squeezing the addresses (or the last column) away."""
+    from rich.console import Console
+
+    from srvwatch.watchview import EndpointTable
+
+    name = "_http._tcp.api.default.svc.cluster.local."
+    endpoints = EndpointSet(
+        name,
+        (ep("api-1.default.svc.cluster.local.", 8080, 10, 60, "10.0.0.11", "2001:db8::11"),),
+        ttl=5,
+    )
+    table = EndpointTable([name], clock=lambda: 0.0)
+    table.update(name, Update.between(None, endpoints, version=1))
+    console = Console(width=80, record=True, color_system=None)
+    console.print(table.render())
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    text = "\n".join(lines)
+    for shown in ("2001:db8::11", "10.0.0.11", "age", "fresh", "60"):
+        assert shown in text, shown
+    assert all(line.rstrip().endswith(("┓", "┃", "┩", "│", "┘")) for line in lines[1:])

@@ -74,8 +74,14 @@ class EndpointTable:
         from rich.table import Table
 
         table = Table(title="srvwatch watch", expand=False)
-        for column in ("name", "target:port", "priority", "weight", "addresses", "state", "age"):
-            table.add_column(column, no_wrap=column != "addresses")
+        # Long names fold rather than squeeze the addresses out of a narrow terminal.
+        table.add_column("name", overflow="fold")
+        table.add_column("target:port", overflow="fold")
+        table.add_column("pri", justify="right")
+        table.add_column("weight", justify="right")
+        table.add_column("addresses", min_width=12)
+        table.add_column("state")
+        table.add_column("age")
         now = self._clock()
         for name in self.names:
             latest = self._latest.get(name)
