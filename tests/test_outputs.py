@@ -736,7 +736,11 @@ def test_the_table_keeps_every_column_in_80_columns() -> None:
     name = "_http._tcp.api.default.svc.cluster.local."
     endpoints = EndpointSet(
         name,
-        (ep("api-1.default.svc.cluster.local.", 8080, 10, 60, "10.0.0.11", "2001:db8::11"),),
+        (
+            Endpoint(
+                "api-1.default.svc.cluster.local.", 8080, 10, 60, ("10.0.0.11", "2001:db8::11")
+            ),
+        ),
         ttl=5,
     )
     table = EndpointTable([name], clock=lambda: 0.0)
