@@ -190,6 +190,7 @@ def _counts(sidecar: Sidecar) -> dict[str, Any]:
         "descriptors": open_descriptors(),
         "tasks": len(anyio.get_running_tasks()),
         "threads": threading.active_count(),
+        "thread_ids": sorted(t.ident or 0 for t in threading.enumerate()),
         "rss": rss_bytes(),
         "resolver_sockets_open": stats["sockets_opened"] - stats["sockets_closed"],
         "loops_running": stats["loops_running"],
@@ -216,7 +217,11 @@ def leaks(result: SoakResult, reloads: int) -> list[str]:
     expect(result.queries > 100, f"only {result.queries} queries sent")
     # The stub never stopped answering (the last query may be cut by the stop).
     expect(result.answered >= result.queries - 1, f"{result.answered}/{result.queries} answered")
-    for key in ("threads", "listeners", "watches", "admin"):
+    # Threads started during the soak and still alive: none (a worker another test left
+    # behind may end meanwhile, which is no leak of ours).
+    new_threads = set(after["thread_ids"]) - set(before["thread_ids"])
+    expect(not new_threads, f"threads started and still running: {len(new_threads)}")
+    for key in ("listeners", "watches", "admin"):
         expect(after[key] == before[key], f"{key}: {before[key]} -> {after[key]}")
     # The resolver keeps a few upstream sockets for reuse and runs lookups, as many as
     # the load needs at that moment (its own counter pairs account for them); the rest
