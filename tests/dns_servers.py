@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import re
 import socket
 import subprocess
@@ -57,23 +58,30 @@ _handed_out_ports: set[int] = set()
 _live: list[_Daemon] = []
 
 
+_SERVER_PORTS = range(20_000, 32_768)
+"""Below Linux's ephemeral range (32768-60999), which every client socket and every port-0
+bind draws from: a server stopped and started again on its port must not find it taken."""
+
+
 def free_port(host: str = HOST) -> int:
     """A port free for both UDP and TCP on ``host``, never the same one twice in a session.
 
     The probe sockets are closed before returning, so there is a small race with other
-    programs; handing out each port only once removes the race between our own servers.
+    programs; handing out each port only once removes the race between our own servers,
+    and taking it outside the ephemeral range keeps the kernel from handing it to a
+    client socket while a server restarts on it.
     """
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port: int = tcp.getsockname()[1]
-            if port in _handed_out_ports:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
+    for _ in range(500):
+        port = random.choice(_SERVER_PORTS)
+        if port in _handed_out_ports:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                tcp.bind((host, port))
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     udp.bind((host, port))
-                except OSError:
-                    continue
+        except OSError:
+            continue
         _handed_out_ports.add(port)
         return port
     raise RuntimeError(f"no port free for both UDP and TCP on {host}")

@@ -9,6 +9,7 @@ need=()
 command -v knotd >/dev/null || need+=(knot)
 command -v kdig >/dev/null || need+=(knot-dnsutils)
 command -v unbound >/dev/null || need+=(unbound)
+command -v dnsperf >/dev/null || need+=(dnsperf); command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # benchmarks/bench_stub.py
 if ((${#need[@]})); then
     echo "installing Debian packages: ${need[*]}"
     if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi

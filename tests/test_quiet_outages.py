@@ -244,3 +244,18 @@ async def test_a_down_first_nameserver_is_skipped_then_probed_then_used_again() 
             with pytest.raises(srvwatch.NXDomain):
                 await r.resolve("nope.svc.test.", "A")
             assert first.query_count() == 3  # first in order again
+
+
+async def test_closing_with_lookups_in_flight_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Lookups cancelled by the close park orphans; the closed owner starts no sweeper."""
+    policy = srvwatch.Policy(timeout=1.0, lifetime=2.0)
+    async with hostile_server(silent) as dead:
+        async with srvwatch.Resolver([dead.address], policy=policy) as r:
+            async with r.watch("_a._tcp.svc.test."), r.watch("_b._tcp.svc.test."):
+                await anyio.sleep(0.1)  # both refreshes are waiting on the silent server
+        stats = r.stats()
+    assert stats["sockets_opened"] == stats["sockets_closed"]
+    errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert not errors, [rec.getMessage() for rec in errors]

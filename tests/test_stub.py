@@ -226,18 +226,28 @@ async def test_hostile_datagrams_never_stop_it(knot: KnotServer) -> None:
         good[:4] + b"\xff\xff\xff\xff\xff\xff\xff\xff" + good[12:],  # huge counts
         good[:-4],  # truncated question
     ]
-    junk += [os.urandom(rng.randrange(1, 600)) for _ in range(3000)]
+    junk += [os.urandom(rng.randrange(1, 600)) for _ in range(2500)]
     async with running_stub(knot.address()) as s:
-        with anyio.fail_after(20):
+        await ask(s.port, "real.svc.test.", "A")
+        rss_before = _rss()
+        with anyio.fail_after(60):
             sock = await anyio.create_connected_udp_socket("127.0.0.1", s.port)
             async with sock:
-                for round_ in range(3):
+                for round_ in range(40):  # 100,000 datagrams in all
                     for data in junk:
                         await sock.send(data)
                     reply = await ask(s.port, "real.svc.test.", "A")
                     assert reply.answer, round_
+        grown = _rss() - rss_before
         stats = s.listener.stats()
         assert stats["handler_errors"] == 0
+        assert s.resolver.stats()["queries"] == 1  # nothing hostile reached upstream
+    assert grown < 20 << 20, f"RSS grew by {grown >> 20} MiB"
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 async def test_bad_queries_get_the_right_rcode_or_nothing(knot: KnotServer) -> None:
@@ -302,6 +312,7 @@ async def test_a_name_asked_near_expiry_is_prefetched(knot: KnotServer) -> None:
 
 
 async def test_hostile_tcp_streams_never_stop_it(knot: KnotServer) -> None:
+    """1,000 clients: garbage, half a length prefix, 65535 bytes promised and never sent."""
     good = dns.message.make_query("real.svc.test.", "A")
     async with running_stub(knot.address()) as s:
         s.listener.idle_timeout = 0.5
@@ -322,7 +333,7 @@ async def test_hostile_tcp_streams_never_stop_it(knot: KnotServer) -> None:
                 pass  # the stub closed it: what it should do to such a client
 
         async with anyio.create_task_group() as tg:
-            for i in range(300):
+            for i in range(1000):
                 tg.start_soon(hostile, i % 3)
             await anyio.sleep(0.2)
             udp = await ask(s.port, "real.svc.test.", "A")  # UDP is never blocked by TCP
@@ -341,3 +352,60 @@ async def test_hostile_tcp_streams_never_stop_it(knot: KnotServer) -> None:
             assert reply.answer
         stats = s.listener.stats()
         assert stats["handler_errors"] == 0
+
+
+def test_srvwatch_serve_end_to_end(knot_server: KnotServer) -> None:
+    """The command as a user runs it: answers kdig, stops on SIGTERM with exit 0."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.dns_servers import free_port
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "srvwatch.cli", "serve",
+        "--listen", f"127.0.0.1:{port}", "--upstream", knot_server.address(),
+        "--watch", zones.HTTP_SRV, "--loop", "asyncio",
+    ]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
+        assert server.stdout is not None
+        try:
+            assert "DNS stub on 127.0.0.1" in server.stdout.readline()
+            result = subprocess.run(
+                ["kdig", "@127.0.0.1", "-p", str(port), zones.HTTP_SRV, "SRV", "+short"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            assert len(result.stdout.split("\n")) >= 3
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=10) == 0
+            assert "stopped" in server.stdout.read()
+        finally:
+            server.kill()
+
+
+def test_serve_rejects_bad_listen_addresses() -> None:
+    import subprocess
+    import sys
+
+    for bad in ("127.0.0.1", "127.0.0.1:99999", "[::1]8181", "nowhere:53"):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "srvwatch.cli",
+                "serve",
+                "--listen",
+                bad,
+                "--upstream",
+                "127.0.0.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert result.returncode != 0, bad
+        assert bad in result.stderr, (bad, result.stderr)

@@ -6,8 +6,10 @@ servers can be run through the same comparison.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import struct
+import time
 from collections.abc import Callable
 
 import dns.edns
@@ -1054,3 +1056,201 @@ def test_srv_targets_read_once_per_process_agree_with_a_fresh_walk() -> None:
         msg = wire.parse(data)
         for rr in msg.answers:
             assert wire.decode_srv(data, rr, msg.names) == wire.decode_srv(data, rr)
+
+
+# ---------------------------------------------------------------------------
+# parse cost: pointers into the middle of names (issue 10)
+# ---------------------------------------------------------------------------
+
+
+def check_names_cache(data: bytes, msg: wire.Message) -> None:
+    """Every name parse() cached is what a fresh walk from that offset reads."""
+    for offset, entry in msg.names.items():
+        fresh: wire.NameCache = {}
+        wire._read_name(data, offset, fresh)
+        assert fresh[offset] == entry, offset
+
+
+_FIXED = struct.Struct(">HHIH")
+_LONG_NAME = b"\x01a" * 127 + b"\x00"  # 127 labels, 255 octets: the longest walk there is
+_MESSAGE_SIZE = 64_000
+
+
+def _fill(first: bytes, record: Callable[[int], bytes], qd: int = 0) -> bytes:
+    """A message of about _MESSAGE_SIZE bytes: ``first``, then record(0), record(1), ..."""
+    body = bytearray(first)
+    count = 1 if first and not qd else 0
+    while 12 + len(body) + len(record(count)) <= _MESSAGE_SIZE:
+        body += record(count)
+        count += 1
+    return _header(qd, count) + bytes(body)
+
+
+def _into_long_name(label: Callable[[int], int]) -> bytes:
+    """A long owner, then A records whose owners point at its label ``label(i)``."""
+    first = _LONG_NAME + _FIXED.pack(1, 1, 60, 4) + b"\x7f\x00\x00\x01"
+    return _fill(
+        first,
+        lambda i: (
+            struct.pack(">H", 0xC000 | (12 + 2 * label(i)))
+            + _FIXED.pack(1, 1, 60, 4)
+            + b"\x7f\x00\x00\x01"
+        ),
+    )
+
+
+def _srv_targets_into_long_name() -> bytes:
+    first = _LONG_NAME + _FIXED.pack(1, 1, 60, 4) + b"\x7f\x00\x00\x01"
+    return _fill(
+        first,
+        lambda i: (
+            b"\xc0\x0c"
+            + _FIXED.pack(33, 1, 60, 8)
+            + b"\x00\x01\x00\x01\x00\x01"
+            + struct.pack(">H", 0xC000 | (12 + 2 * (126 - i % 127)))
+        ),
+    )
+
+
+def _failing_srv_targets() -> bytes:
+    """SRV targets pointing at 120 labels that end in a reserved label type: each fails late."""
+    bad = b"\x01a" * 120 + b"\x40"
+    first = b"\x00" + _FIXED.pack(65280, 1, 60, len(bad)) + bad
+    return _fill(
+        first, lambda i: b"\x00" + _FIXED.pack(33, 1, 60, 8) + b"\x00\x01\x00\x01\x00\x01\xc0\x17"
+    )
+
+
+def _srv_targets_running_on() -> bytes:
+    """Each SRV target's labels run on through the following records (TTL, SRV fields)."""
+    # From a target at offset 18: 7 -> next record's TTL: 1 'a', 3 'b' + rdlength, then
+    # priority..port: 4 'cccc', 1 (covers the next target's first byte), 6 -> the next record.
+    record = (
+        b"\xc0\x0c\x00\x21\x00\x01" + b"\x01a\x03b" + b"\x00\x08" + b"\x04cccc\x01" + b"\x07\x06"
+    )
+    return _fill(b"\x00\x00\x01\x00\x01", lambda i: record, qd=1)
+
+
+def _normal_same_size() -> bytes:
+    """The baseline: as many records, each owner written out in full."""
+    return _fill(
+        b"",
+        lambda i: (
+            b"\x04h%03d\x03svc\x04test\x00" % (i % 1000)
+            + _FIXED.pack(1, 1, 60, 4)
+            + b"\x7f\x00\x00\x01"
+        ),
+    )
+
+
+def _best_parse_time(data: bytes) -> float:
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        with contextlib.suppress(WireError):
+            wire.parse(data)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+CRAFTED = {
+    "owners into the middle of one long name": lambda: _into_long_name(lambda i: 63),
+    "owners into each label, first to last": lambda: _into_long_name(lambda i: i % 127),
+    "owners into each label, last to first": lambda: _into_long_name(lambda i: 126 - i % 127),
+    "SRV targets into each label": _srv_targets_into_long_name,
+    "SRV targets that fail late": _failing_srv_targets,
+    "SRV targets running on": _srv_targets_running_on,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_crafted_pointers_cost_what_a_normal_message_costs(name: str) -> None:
+    """A 64 KB message of pointers into long names parsed 10-20x slower than a normal one."""
+    crafted = CRAFTED[name]()
+    normal = _normal_same_size()
+    assert abs(len(crafted) - len(normal)) < 300
+    _best_parse_time(normal)  # warm up
+    ratio = _best_parse_time(crafted) / _best_parse_time(normal)
+    assert ratio < 3, f"{name}: {ratio:.1f}x a normal message of the same size"
+
+
+def test_crafted_pointers_still_read_right() -> None:
+    data = _into_long_name(lambda i: 126 - i % 127)
+    msg = wire.parse(data)
+    for i, rr in enumerate(msg.answers[1:], start=1):
+        assert rr.name == "a." * (127 - (126 - i % 127))
+    check_names_cache(data, msg)
+    check_against_dnspython(data, rdata=False)
+
+
+def _txt_64k() -> bytes:
+    r = _response("big.txt.test.", "TXT", payload=65535)
+    strings = " ".join(f'"{chr(97 + i % 26) * 255}"' for i in range(250))
+    _add(r.answer, "big.txt.test.", 60, "TXT", strings)
+    return r.to_wire(max_size=65535)
+
+
+def _reverse_v6() -> bytes:
+    """PTR records under ip6.arpa: owners compressed against the middle of earlier owners."""
+    r = _response("8.b.d.0.1.0.0.2.ip6.arpa.", "PTR", payload=65535)
+    for i in range(400):
+        nibbles = ".".join(f"{i:032x}"[::-1])
+        _add(r.answer, f"{nibbles}.8.b.d.0.1.0.0.2.ip6.arpa.", 60, "PTR", f"host-{i}.v6.test.")
+    return r.to_wire(max_size=65535)
+
+
+@pytest.mark.parametrize(
+    "build", [_txt_64k, _reverse_v6, lambda: _large().to_wire(), lambda: _uncompressed(_large())]
+)
+def test_legitimate_large_messages_parse_as_before(build: Callable[[], bytes]) -> None:
+    data = build()
+    msg = check_against_dnspython(data)
+    check_names_cache(data, msg)
+
+
+# ---------------------------------------------------------------------------
+# truncated questions (issue 10)
+# ---------------------------------------------------------------------------
+
+TRUNCATED_QUERIES = [
+    _header(1) + b"\x00",  # the root name, then nothing: type and class were read from the header
+    _header(1) + b"\x00\x00\x21",  # half of the fixed part
+    _header(1) + QUESTION[:-4],  # a whole name, no type or class
+    _header(1) + QUESTION[:-1],
+]
+
+
+TRUNCATED_IDS = ["root name only", "half the fixed part", "name only", "one byte short"]
+
+
+@pytest.mark.parametrize("query", TRUNCATED_QUERIES, ids=TRUNCATED_IDS)
+def test_question_of_rejects_a_question_without_type_and_class(query: bytes) -> None:
+    with pytest.raises(WireError, match="question is truncated"):
+        wire.question_of(query)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"", _header(1)[:11], _header(0), _header(2) + QUESTION * 2],
+    ids=["empty", "short header", "no question", "two questions"],
+)
+def test_question_of_needs_one_question(query: bytes) -> None:
+    with pytest.raises(WireError):
+        wire.question_of(query)
+
+
+def test_question_of_root_query() -> None:
+    query = _header(1) + b"\x00" + struct.pack(">HH", wire.TYPE_SOA, 1)
+    assert wire.question_of(query) == (query[12:], ".")
+    response = bytearray(query)
+    struct.pack_into(">H", response, 2, 0x8180)
+    assert wire.parse(bytes(response), wire.question_of(query)).qtype == wire.TYPE_SOA
+
+
+@pytest.mark.parametrize("query", TRUNCATED_QUERIES, ids=TRUNCATED_IDS)
+def test_question_key_and_make_response_reject_truncated_questions(query: bytes) -> None:
+    with pytest.raises(WireError, match="question is truncated"):
+        wire.question_key(query)
+    response = wire.make_response(query, wire.RCODE_SERVFAIL)
+    assert wire.parse(response).rcode == wire.RCODE_FORMERR
+    assert len(response) == 12  # nothing echoed: there is no whole question to echo

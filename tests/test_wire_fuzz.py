@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from srvwatch import wire
 from srvwatch.wire import WireError
-from tests.test_wire import check_against_dnspython, corpus_wires
+from tests.test_wire import check_against_dnspython, check_names_cache, corpus_wires
 
 FUZZ = settings(
     max_examples=400,
@@ -307,3 +307,49 @@ def test_decode_aaaa_matches_ipaddress(packed: bytes) -> None:
     )
     (rr,) = wire.parse(data).answers
     assert wire.decode_aaaa(data, rr) == ipaddress.IPv6Address(packed).compressed
+
+
+# (4) the names cache (issue 10) ------------------------------------------------------
+
+
+@st.composite
+def _pointer_soup(draw: st.DrawFn) -> bytes:
+    """Records whose owners and SRV targets are a few labels and a pointer to anywhere earlier."""
+    data = bytearray(struct.pack(">HHHHHH", 1, 0x8180, 0, 0, 0, 0))
+    count = draw(st.integers(1, 12))
+    for _ in range(count):
+        labels = draw(
+            st.lists(st.sampled_from([b"\x01a", b"\x02bc", b"\x01\xff", b"\x03d.e"]), max_size=6)
+        )
+        owner = b"".join(labels)
+        if len(data) > 12 and draw(st.booleans()):
+            owner += struct.pack(">H", 0xC000 | draw(st.integers(12, len(data) - 1)))
+        else:
+            owner += b"\x00"
+        rdtype = draw(st.sampled_from([1, 33, 65280]))
+        if rdtype == 33:
+            rdata = b"\x00\x01\x00\x02\x00\x03" + struct.pack(
+                ">H", 0xC000 | draw(st.integers(12, len(data)))
+            )
+        else:
+            rdata = draw(
+                st.sampled_from([b"\x7f\x00\x00\x01", b"\x01a\x01b\x00", b"\x01a" * 20 + b"\x00"])
+            )
+        data += owner + struct.pack(">HHIH", rdtype, 1, 60, len(rdata)) + rdata
+    struct.pack_into(">H", data, 6, count)
+    return bytes(data)
+
+
+@FUZZ
+@given(st.one_of(_pointer_soup(), _headed(), _mutated()))
+def test_names_cache_matches_fresh_walks(data: bytes) -> None:
+    """Every name parse() caches (at pointer targets and labels inside names too) is exact."""
+    try:
+        msg = wire.parse(data)
+    except WireError:
+        return
+    check_names_cache(data, msg)
+    _decode_all(data, msg)
+    ref = _ref(data)
+    if ref is not None:
+        _agree(data, msg, ref)

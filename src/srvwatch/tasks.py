@@ -87,8 +87,9 @@ class TaskOwner:
         return self._task_group is not None
 
     def spawn(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Start ``func(*args)`` as one of the owner's tasks."""
-        assert self._task_group is not None
+        """Start ``func(*args)`` as one of the owner's tasks; RuntimeError once it is closed."""
+        if self._task_group is None:
+            raise RuntimeError(f"the {self._owner} is closed or was never entered")
         self._task_group.start_soon(self._guarded, func, *args)
 
     async def _guarded(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:

@@ -604,8 +604,11 @@ class SocketTransport:
     def _sweep_later(self) -> None:
         """Close orphans at their deadline even when no new query comes to sweep them."""
         if self._spawn is not None and not self._sweeping:
+            try:
+                self._spawn(self._sweeper)
+            except RuntimeError:
+                return  # the owner is closing: aclose() closes the orphans
             self._sweeping = True
-            self._spawn(self._sweeper)
 
     async def _sweeper(self) -> None:
         try:

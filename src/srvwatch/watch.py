@@ -323,6 +323,7 @@ class Watches:
         self.health = health
         self._loops: dict[Hashable, WatchLoop] = {}
         self._deadlines: list[tuple[float, int, WatchLoop]] = []
+        self._stopped_in_deadlines = 0
         self._sequence = 0
         self._timer_running = False
         self._timer_wake: anyio.Event | None = None
@@ -398,3 +399,17 @@ class Watches:
         finally:
             if self._loops.get(key) is loop:
                 del self._loops[key]
+            self._drop_stopped_deadlines()
+
+    def _drop_stopped_deadlines(self) -> None:
+        """A stopped loop must not live on in the stale timer's heap until its deadline.
+
+        Rebuilt once stopped loops' entries could be half of it: amortized O(1)
+        per stop, and a watch opened and closed in a loop holds no memory.
+        """
+        self._stopped_in_deadlines += 1
+        deadlines = self._deadlines
+        if self._stopped_in_deadlines * 2 >= len(deadlines):
+            deadlines[:] = [entry for entry in deadlines if not entry[2].finished]
+            heapq.heapify(deadlines)
+            self._stopped_in_deadlines = 0

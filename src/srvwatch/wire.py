@@ -8,17 +8,24 @@ resource record's TTL and RDATA sit and decodes only the few types srvwatch uses
 The bytes come from the network and may be hostile: the only exception a parse or
 decode function raises is :class:`WireError`. Compression pointers must point
 strictly backwards (so a walk always terminates), never into the header, and names
-are limited to 255 octets once expanded.
+are limited to 255 octets once expanded. A parse reads each byte through pointers at
+most once, so its cost follows the message's size, whatever the pointers.
+
+TTLs are patched in place (cached answers are served that way), which is only safe
+where no compression pointer leads into a TTL field: :func:`patchable` checks that,
+and :func:`make_patchable` re-encodes the rare message that fails.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
+import dns.message
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
@@ -65,9 +72,11 @@ __all__ = [
     "decode_soa",
     "decode_srv",
     "encode_name",
+    "make_patchable",
     "make_response",
     "parse",
     "patch_id",
+    "patchable",
     "question_key",
     "question_of",
     "read_name",
@@ -114,6 +123,12 @@ _MIN_RR_LEN = 11
 # A legitimate name needs a handful of hops; the cap bounds the work a hostile
 # message can cause per name (pointer-to-pointer chains add no length).
 _MAX_POINTERS = 32
+# A failed walk (at most 127 labels and 32 pointers) caches nothing: parse() reads
+# SRV targets ahead only until this many have failed; decode_srv reads the rest.
+_MAX_BAD_TARGETS = 4
+# Pointers into a segment of at most this many labels cost at most this many reads each;
+# in longer segments every label's name is cached (see _cache_suffixes).
+_SHORT_SEGMENT = 4
 _MAX_TTL = 0x7FFFFFFF
 
 _HEADER = struct.Struct(">HHHHHH")
@@ -174,7 +189,11 @@ class Message:
     additional: tuple[Record, ...]
     edns_payload: int | None
     names: NameCache = field(default_factory=dict, compare=False, repr=False)
-    """The names read while parsing, by offset; lets :func:`decode_srv` skip a second walk."""
+    """The names read while parsing, by offset; lets :func:`decode_srv` skip a second walk.
+
+    Also every offset a compression pointer led to: :func:`patchable` checks these."""
+    patch_safe: bool | None = field(default=None, compare=False, repr=False)
+    """:func:`patchable`'s verdict once it has looked (None before): TTL patches check it."""
 
     @property
     def qr(self) -> bool:
@@ -235,35 +254,34 @@ def _labels_to_text(labels: list[bytes]) -> str:
 NameCache: TypeAlias = "dict[int, tuple[str, int, int, int]]"
 
 
-def _read_name(data: bytes, offset: int, cache: NameCache | None = None) -> tuple[str, int]:
+def _read_name(
+    data: bytes, offset: int, cache: NameCache | None = None, stop: int = 0
+) -> tuple[str, int]:
     """Walk one possibly compressed name starting at ``offset``.
 
     Each pointer must target an offset strictly before the segment it was found in
     (so the walk terminates), at or after the header, and the labels read after a
-    jump must stay before that segment: the same rules dnspython applies.
+    jump must stay before that segment: the same rules dnspython applies. ``stop``
+    (when not 0) bounds the name's own bytes, as an RDATA's end does.
 
     With ``cache``, a pointer to a name already read is resolved without walking it
     again, but only when walking it would have passed the same checks, so the result
-    (and every error) is exactly that of the uncached walk.
+    (and every error) is exactly that of the uncached walk. This loop reads the name's
+    own bytes; after a jump, :func:`_read_jumped` goes on.
     """
     n = len(data)
     pos = offset
-    limit = n
-    seg_start = offset
-    end = -1
+    limit = stop or n
     wire_len = 1
-    hops = 0
     labels: list[bytes] = []
-    suffix = ""
     while True:
         if pos >= limit:
             if limit == n:
                 raise WireError(f"name at offset {offset} is truncated")
-            raise WireError(f"name at offset {offset}: compressed suffix overlaps the name")
+            raise WireError(f"name at offset {offset} runs past the end of its field")
         length = data[pos]
         if length == 0:
-            if end < 0:
-                end = pos + 1
+            end = pos + 1
             break
         if length < 0x40:
             pos += 1
@@ -279,8 +297,103 @@ def _read_name(data: bytes, offset: int, cache: NameCache | None = None) -> tupl
             if pos + 1 >= limit:
                 raise WireError(f"name at offset {offset}: compression pointer is truncated")
             ptr = ((length & 0x3F) << 8) | data[pos + 1]
-            if end < 0:
-                end = pos + 2
+            if ptr >= offset:
+                raise WireError(
+                    f"name at offset {offset}: compression pointer to {ptr} does not point back"
+                )
+            if ptr < _HEADER_LEN:
+                raise WireError(
+                    f"name at offset {offset}: compression pointer into the header ({ptr})"
+                )
+            if cache is not None:
+                hit = cache.get(ptr)
+                # The cached walk read [ptr, hit_end) under limit n; here the limit is
+                # offset, so it is only the same walk if it ended before offset.
+                if (
+                    hit is not None
+                    and hit[3] <= offset
+                    and wire_len + hit[1] - 1 <= 255
+                    and hit[2] < _MAX_POINTERS
+                ):
+                    text = hit[0]
+                    if labels and text != ".":
+                        text = _labels_to_text(labels) + text
+                    elif labels:
+                        text = _labels_to_text(labels)
+                    cache[offset] = (text, wire_len + hit[1] - 1, hit[2] + 1, pos + 2)
+                    return text, pos + 2
+            return _read_jumped(data, offset, ptr, pos + 2, wire_len, labels, cache)
+        else:
+            raise WireError(f"name at offset {offset}: reserved label type 0x{length & 0xC0:02x}")
+    text = _labels_to_text(labels)
+    if cache is not None:
+        cache[offset] = (text, wire_len, 0, end)
+    return text, end
+
+
+def _read_jumped(
+    data: bytes,
+    offset: int,
+    ptr: int,
+    end: int,
+    wire_len: int,
+    labels: list[bytes],
+    cache: NameCache | None,
+) -> tuple[str, int]:
+    """Go on walking the name at ``offset`` from its first pointer, to ``ptr``, at ``end - 2``.
+
+    With ``cache``, the walk also caches the name at every pointer target and label
+    it reads here, and looks each label up before reading it: pointers into the
+    middle of one long name then cost one lookup each, not a walk each.
+    """
+    limit = offset
+    seg_start = pos = ptr
+    hops = 1
+    suffix = ""
+    suffix_len = 1
+    # (target, labels before it, wire_len before it, hops after it) of each jump that
+    # missed the cache, and where each segment read from such a target ends.
+    jumps: list[tuple[int, int, int, int]] = []
+    ends: list[int] = []
+    if cache is not None:
+        jumps.append((ptr, len(labels), wire_len, 1))
+    while True:
+        if pos >= limit:
+            raise WireError(f"name at offset {offset}: compressed suffix overlaps the name")
+        length = data[pos]
+        if length == 0:
+            ends.append(pos + 1)
+            break
+        if length < 0x40:
+            if cache is not None:
+                hit = cache.get(pos)
+                if (
+                    hit is not None
+                    and hit[3] <= limit
+                    and wire_len + hit[1] - 1 <= 255
+                    and hops + hit[2] <= _MAX_POINTERS
+                    and (hit[2] == 0 or _jump_fits(data, cache, hit[3], seg_start))
+                ):
+                    ends.append(hit[3])
+                    suffix = hit[0]
+                    suffix_len = hit[1]
+                    wire_len += hit[1] - 1
+                    hops += hit[2]
+                    break
+            pos += 1
+            nxt = pos + length
+            if nxt > limit:
+                raise WireError(f"name at offset {offset}: label at {pos - 1} runs past its end")
+            wire_len += length + 1
+            if wire_len > 255:
+                raise WireError(f"name at offset {offset} is longer than 255 octets")
+            labels.append(data[pos:nxt])
+            pos = nxt
+        elif length >= 0xC0:
+            if pos + 1 >= limit:
+                raise WireError(f"name at offset {offset}: compression pointer is truncated")
+            ptr = ((length & 0x3F) << 8) | data[pos + 1]
+            ends.append(pos + 2)
             if ptr >= seg_start:
                 raise WireError(
                     f"name at offset {offset}: compression pointer to {ptr} does not point back"
@@ -294,8 +407,7 @@ def _read_name(data: bytes, offset: int, cache: NameCache | None = None) -> tupl
                 raise WireError(f"name at offset {offset}: too many compression pointers")
             if cache is not None:
                 hit = cache.get(ptr)
-                # The cached walk read [ptr, hit_end) under limit n; here the limit is
-                # seg_start, so it is only the same walk if it ended before seg_start.
+                # As in _read_name: the same walk only if it ended before seg_start.
                 if (
                     hit is not None
                     and hit[3] <= seg_start
@@ -303,19 +415,84 @@ def _read_name(data: bytes, offset: int, cache: NameCache | None = None) -> tupl
                     and hops + hit[2] <= _MAX_POINTERS
                 ):
                     suffix = hit[0]
+                    suffix_len = hit[1]
                     wire_len += hit[1] - 1
                     hops += hit[2]
                     break
+                jumps.append((ptr, len(labels), wire_len, hops))
             limit = seg_start
             seg_start = pos = ptr
         else:
             raise WireError(f"name at offset {offset}: reserved label type 0x{length & 0xC0:02x}")
-    text = _labels_to_text(labels)
+    head = _labels_to_text(labels)
     if suffix and suffix != ".":
-        text = text + suffix if labels else suffix
+        text = head + suffix if labels else suffix
+    else:
+        text = head
+        suffix = ""
     if cache is not None:
         cache[offset] = (text, wire_len, hops, end)
+        # Escapes lengthen the text; without any, a suffix's text is a slice of the whole.
+        plain = len(head) == wire_len - suffix_len
+        _cache_suffixes(cache, labels, jumps, ends, text, suffix, plain, wire_len, hops)
     return text, end
+
+
+def _jump_fits(data: bytes, cache: NameCache, seg_end: int, seg_start: int) -> bool:
+    """Whether a cached walk from inside this segment also holds from its start.
+
+    That walk's first segment began later, at the cached offset, and ended with a
+    pointer (at ``seg_end - 2``): from ``seg_start``, the pointer must point before it,
+    and the segment it points to must end before it.
+    """
+    target = ((data[seg_end - 2] & 0x3F) << 8) | data[seg_end - 1]
+    if target >= seg_start:
+        return False
+    after = cache.get(target)
+    return after is not None and after[3] <= seg_start
+
+
+def _cache_suffixes(
+    cache: NameCache,
+    labels: list[bytes],
+    jumps: list[tuple[int, int, int, int]],
+    ends: list[int],
+    text: str,
+    suffix: str,
+    plain: bool,
+    wire_len: int,
+    hops: int,
+) -> None:
+    """Cache, from one successful walk, the name at each pointer target it followed.
+
+    A walk that succeeded under a limit reads the same as one under no limit, so these
+    entries are what walks starting there would cache. In a long segment, the name at
+    each label is cached too: then no byte is read through a pointer more than once per
+    parse (plus a few labels per name), whatever the pointers.
+    """
+    count = len(jumps)
+    nlabels = len(labels)
+    for k in range(count):
+        p, i, w, after = jumps[k]
+        last = jumps[k + 1][1] - 1 if k + 1 < count else nlabels - 1
+        if last - i < _SHORT_SEGMENT:
+            last = i
+        seg_end = ends[k]
+        rest_hops = hops - after
+        while True:
+            if i == nlabels:
+                sub = suffix or "."
+            elif plain:
+                sub = text[w - 1 :]
+            else:
+                sub = _labels_to_text(labels[i:]) + suffix
+            cache[p] = (sub, wire_len - w + 1, rest_hops, seg_end)
+            if i >= last:
+                break
+            step = len(labels[i]) + 1
+            p += step
+            w += step
+            i += 1
 
 
 # Uncompressed names seen as SRV targets (RFC 2782 forbids compressing them): their
@@ -324,31 +501,44 @@ _TARGET_NAMES: dict[bytes, tuple[str, int]] = {}
 _TARGET_NAMES_MAX = 4096
 
 
-def _read_srv_target(buf: bytes, start: int, end: int, cache: NameCache) -> None:
+def _read_srv_target(buf: bytes, start: int, end: int, cache: NameCache) -> bool:
     """Put the SRV target at ``start`` (rdata ending at ``end``) into ``cache``, if valid.
 
     Identical bytes holding a whole name without pointers walk identically in
     any message, so such a name is read once per process. A bad target is
-    left out: decode_srv reports it, if anyone asks for that record.
+    left out (False): decode_srv reports it, if anyone asks for that record.
+    The walk stops at the rdata's end, so one target never reads the records after it.
     """
     raw = buf[start:end]
     known = _TARGET_NAMES.get(raw)
     if known is not None:
         cache[start] = (known[0], known[1], 0, end)
-        return
+        return True
     try:
-        text, name_end = _read_name(buf, start, cache)
+        text, name_end = _read_name(buf, start, cache, end)
     except WireError:
-        return
+        return False
     if name_end == end and cache[start][2] == 0:
         if len(_TARGET_NAMES) >= _TARGET_NAMES_MAX:
             _TARGET_NAMES.clear()
         _TARGET_NAMES[raw] = (text, cache[start][1])
+    return True
 
 
 def question_of(query: bytes) -> tuple[bytes, str]:
-    """The question section of a query built here, and its name: :func:`parse`'s ``asked``."""
+    """The question section of a query, and its name: :func:`parse`'s ``asked``.
+
+    A question without its type and class is an error: parse() would otherwise take
+    them from the bytes before the name (the header, for a query ending at the root).
+    """
+    if len(query) < _HEADER_LEN:
+        raise WireError(f"query is {len(query)} bytes, shorter than the 12-byte header")
+    qdcount = _U16.unpack_from(query, 4)[0]
+    if qdcount != 1:
+        raise WireError(f"query has {qdcount} questions, expected exactly 1")
     name, end = _read_name(query, _HEADER_LEN)
+    if end + 4 > len(query):
+        raise WireError("question is truncated: no type and class")
     return query[_HEADER_LEN : end + 4], name
 
 
@@ -405,6 +595,7 @@ def parse(data: _BytesLike, asked: tuple[bytes, str] | None = None) -> Message:
     additional: list[Record] = []
     edns_payload: int | None = None
     ext_rcode = 0
+    bad_targets = 0
     unpack_rr = _RR_FIXED.unpack_from
     new_record = tuple.__new__
     for section, count, out in (
@@ -451,9 +642,16 @@ def parse(data: _BytesLike, asked: tuple[bytes, str] | None = None) -> Message:
                 continue
             if ttl > _MAX_TTL:
                 ttl = 0
-            if rdtype == TYPE_SRV and rdlen > 6:
-                # Read the target now: glue owners point at it, and decode_srv reuses it.
-                _read_srv_target(buf, rdata + 6, pos, names)
+            # Read SRV targets now: glue owners point at them, and decode_srv reuses them.
+            # A failed walk caches nothing, so only a few are tried per message.
+            if (
+                rdtype == TYPE_SRV
+                and rdclass == CLASS_IN
+                and rdlen > 6
+                and bad_targets < _MAX_BAD_TARGETS
+                and not _read_srv_target(buf, rdata + 6, pos, names)
+            ):
+                bad_targets += 1
             out.append(
                 new_record(Record, (name, rdtype, rdclass, ttl, rdata - 6, rdata, rdlen, section))
             )
@@ -736,21 +934,183 @@ def _check_ttl(what: str, value: int) -> None:
         raise ValueError(f"{what} {value!r} is outside 0..{_MAX_TTL}")
 
 
+# Where RDATA holds names that readers decompress: the types dnspython reads names in
+# (clients such as glibc and c-ares read fewer). A step is a number of fixed octets to
+# skip, _NAME or _STRING (a length-prefixed character-string). HIP, IPSECKEY and
+# AMTRELAY, whose names depend on earlier fields, are in _walk_rdata_names.
+_NAME = -1
+_STRING = -2
+_NAMES_ANY_CLASS: dict[int, tuple[int, ...]] = {
+    TYPE_NS: (_NAME,),
+    TYPE_CNAME: (_NAME,),
+    TYPE_PTR: (_NAME,),
+    39: (_NAME,),  # DNAME
+    47: (_NAME,),  # NSEC
+    249: (_NAME,),  # TKEY
+    250: (_NAME,),  # TSIG
+    TYPE_SOA: (_NAME, _NAME),
+    17: (_NAME, _NAME),  # RP
+    15: (2, _NAME),  # MX
+    18: (2, _NAME),  # AFSDB
+    21: (2, _NAME),  # RT
+    107: (2, _NAME),  # LP
+    24: (18, _NAME),  # SIG
+    46: (18, _NAME),  # RRSIG
+    66: (5, _NAME),  # DSYNC
+}
+_NAMES_IN: dict[int, tuple[int, ...]] = {
+    TYPE_SRV: (6, _NAME),
+    23: (_NAME,),  # NSAP-PTR
+    26: (2, _NAME, _NAME),  # PX
+    35: (4, _STRING, _STRING, _STRING, _NAME),  # NAPTR
+    36: (2, _NAME),  # KX
+    64: (2, _NAME),  # SVCB
+    65: (2, _NAME),  # HTTPS
+}
+_CLASS_CH = 3
+_TYPE_HIP = 55
+_TYPE_IPSECKEY = 45
+_TYPE_AMTRELAY = 260
+
+
+def _rdata_name(buf: bytes, pos: int, end: int, names: NameCache) -> int:
+    """Read the RDATA name at ``pos`` into ``names`` (it must not leave the RDATA); its end."""
+    if pos >= end:
+        raise WireError(f"name at offset {pos} lies past the end of its rdata")
+    known = names.get(pos)
+    if known is not None and known[3] <= end:
+        return known[3]
+    return _read_name(buf, pos, names, end)[1]
+
+
+def _walk_rdata_names(buf: bytes, rr: Record, names: NameCache) -> None:
+    """Read every name in ``rr``'s RDATA into ``names``, so its pointers are known."""
+    start = rr.rdata_offset
+    end = start + rr.rdata_length
+    if start == end:
+        return
+    rdtype = rr.rdtype
+    layout = _NAMES_ANY_CLASS.get(rdtype)
+    if layout is None:
+        if rr.rdclass == CLASS_IN:
+            layout = _NAMES_IN.get(rdtype)
+        elif rr.rdclass == _CLASS_CH and rdtype == TYPE_A:
+            layout = (_NAME,)
+    if layout is not None:
+        pos = start
+        for step in layout:
+            if step >= 0:
+                pos += step
+            elif step == _STRING:
+                pos += 1 + buf[pos] if pos < end else 1
+            else:
+                pos = _rdata_name(buf, pos, end, names)
+            if pos > end:
+                raise WireError(f"type {rdtype} rdata at offset {start} is too short")
+    elif rdtype == _TYPE_HIP and end - start >= 4:
+        pos = start + 4 + buf[start] + _U16.unpack_from(buf, start + 2)[0]
+        while pos < end:
+            pos = _rdata_name(buf, pos, end, names)
+    elif rdtype == _TYPE_IPSECKEY and rr.rdclass == CLASS_IN and end - start > 3:
+        if buf[start + 1] == 3:
+            _rdata_name(buf, start + 3, end, names)
+    elif rdtype == _TYPE_AMTRELAY and end - start > 2 and buf[start + 1] & 0x7F == 3:
+        _rdata_name(buf, start + 2, end, names)
+
+
+def patchable(data: _BytesLike, msg: Message) -> bool:
+    """Whether TTLs can be patched in ``data`` (the bytes ``msg`` was parsed from) in place.
+
+    Not when a compression pointer (in an owner, the question or the RDATA of a type
+    whose names readers decompress) leads into a record's TTL field, or to labels
+    that run over one: a patch would change that name. The verdict is kept in
+    ``msg.patch_safe``; a malformed RDATA name counts as unsafe.
+    """
+    safe = msg.patch_safe
+    if safe is not None:
+        return safe
+    buf = _as_bytes(data)
+    records = (*msg.answers, *msg.authority, *msg.additional)
+    names = msg.names
+    safe = True
+    try:
+        for rr in records:
+            _walk_rdata_names(buf, rr, names)
+    except WireError:
+        safe = False
+    if safe and records:
+        # Each cached name's first segment, [offset, end), must miss every TTL's 4 octets.
+        # Every segment read through a pointer starts at an offset the cache holds.
+        ttls = sorted(rr.ttl_offset for rr in records)
+        last = len(ttls)
+        for offset, entry in names.items():
+            i = bisect.bisect_left(ttls, offset - 3)
+            if i < last and ttls[i] < entry[3]:
+                safe = False
+                break
+    object.__setattr__(msg, "patch_safe", safe)
+    return safe
+
+
+def make_patchable(data: _BytesLike, msg: Message | None = None) -> tuple[bytes, Message]:
+    """``data`` and its parse, re-encoded once if TTLs cannot be patched in place.
+
+    The common case costs one :func:`patchable` check and returns ``data`` itself.
+    Otherwise dnspython renders the message anew (records in order, names compressed
+    only against names), so a stored message can always be patched. ``msg`` is the
+    parse of ``data``, when the caller has it.
+    """
+    buf = _as_bytes(data)
+    if msg is None:
+        msg = parse(buf)
+    if patchable(buf, msg):
+        return buf, msg
+    try:
+        ref = dns.message.from_wire(buf, one_rr_per_rrset=True, ignore_trailing=True)
+        again = ref.to_wire()
+    except Exception as exc:  # dnspython raises many types; callers need exactly one
+        raise WireError(f"message with pointers into TTLs cannot be re-encoded: {exc!r}") from exc
+    fixed = parse(again)
+    if not patchable(again, fixed):
+        raise WireError("re-encoded message still has pointers into TTL fields")
+    return again, fixed
+
+
+def _require_patchable(buf: bytearray, msg: Message) -> None:
+    if not patchable(buf, msg):
+        raise ValueError(
+            "compression pointers lead into this message's TTL fields, so patching "
+            "them would change names: patch the bytes make_patchable() returns"
+        )
+
+
 def rewrite_ttls(buf: bytearray, msg: Message, ttl: int) -> None:
-    """Set every record's TTL (never the OPT record's, which holds EDNS flags) in place."""
+    """Set every record's TTL (never the OPT record's, which holds EDNS flags) in place.
+
+    ValueError if the message is not :func:`patchable`, rather than corrupt a name.
+    """
     _check_ttl("ttl", ttl)
+    offsets = _ttl_offsets(buf, msg)
+    if msg.patch_safe is not True:
+        _require_patchable(buf, msg)
     pack = _U32.pack_into
-    for offset in _ttl_offsets(buf, msg):
+    for offset in offsets:
         pack(buf, offset, ttl)
 
 
 def age_ttls(buf: bytearray, msg: Message, elapsed: int, floor: int = 0) -> None:
-    """Count every record's TTL down by ``elapsed`` seconds, never below ``floor``."""
+    """Count every record's TTL down by ``elapsed`` seconds, never below ``floor``.
+
+    ValueError if the message is not :func:`patchable`, rather than corrupt a name.
+    """
     _check_ttl("elapsed", elapsed)
     _check_ttl("floor", floor)
+    offsets = _ttl_offsets(buf, msg)
+    if msg.patch_safe is not True:
+        _require_patchable(buf, msg)
     unpack = _U32.unpack_from
     pack = _U32.pack_into
-    for offset in _ttl_offsets(buf, msg):
+    for offset in offsets:
         current = unpack(buf, offset)[0]
         if current > _MAX_TTL:
             current = 0

@@ -95,9 +95,9 @@ async def serve(options: ServeOptions, out: TextIO = sys.stdout) -> int:
                         break
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
+            # Last opened, first closed: each listener's task group nests in the one before.
+            for listener in reversed(listeners):
+                await listener.aclose()
     print("srvwatch: stopped", file=out, flush=True)
     return 0
 

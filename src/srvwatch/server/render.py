@@ -214,6 +214,9 @@ def template(data: bytes, msg: wire.Message, policy: Policy, *, negative: bool) 
     length) and its records; the OPT record, when it is the last record as
     servers send it, is cut off, else the reply is re-rendered without it.
     """
+    # A reply whose compression pointers lead into a TTL field is re-encoded once, here:
+    # counting its TTLs down in place would otherwise change a name.
+    data, msg = wire.make_patchable(data, msg)
     records = (*msg.answers, *msg.authority, *msg.additional)
     end = max((rr.rdata_offset + rr.rdata_length for rr in records), default=0)
     question_end = 12 + len(wire.question_of(data)[0]) if msg.qname else 12

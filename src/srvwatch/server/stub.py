@@ -211,7 +211,11 @@ class Stub:
         return built
 
     def _render(self, entry: Entry, query: ClientQuery, now: float, tcp: bool) -> bytes:
-        built = self._template(entry)
+        try:
+            built = self._template(entry)
+        except wire.WireError as exc:  # a stored reply dnspython cannot re-encode either
+            log.info("stub: cannot serve the stored reply for %s: %s", query.qname, exc)
+            return _servfail(query)
         elapsed = int(now - entry.stored_at)
         reply = built.reply(query, built.at(elapsed), tcp)
         self._count_rcode(reply)
@@ -219,7 +223,10 @@ class Stub:
 
     def _stale(self, entry: Entry, query: ClientQuery, tcp: bool) -> bytes:
         self.counters.stub_stale_answers += 1
-        built = self._template(entry)
+        try:
+            built = self._template(entry)
+        except wire.WireError:
+            return _servfail(query)
         reply = built.reply(query, built.fixed(int(self._policy.stale_answer_ttl)), tcp)
         self._count_rcode(reply)
         return reply
@@ -279,3 +286,9 @@ def _as_answer(reply: Reply, negative_ttl: Any) -> tuple[Positive | Negative, fl
     ttl = negative_ttl(soa.ttl if soa else None, None)
     message = f"{msg.qname} {msg.qtype}: no records"
     return Negative(data, msg, msg.rcode == wire.RCODE_NXDOMAIN, ttl, message, server), ttl
+
+
+def _servfail(query: ClientQuery) -> bytes:
+    """SERVFAIL to a query already read (its ID, RD and question kept)."""
+    header = query.id + bytes((query.rd >> 8, 0)) + b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    return error_reply(header + query.question, _SERVFAIL)
