@@ -94,7 +94,7 @@ class Records:
         key = (fqdn, qtype)
         previous = self.store.peek(key)
         try:
-            answer = await self._ask(fqdn, qtype, previous)
+            answer = await self._ask(fqdn, qtype, previous, bounded=serve_stale)
         except (ResolveTimeout, ServerFailure) as exc:
             if isinstance(exc, UpstreamDown):  # nothing was sent: nothing to remember
                 found = self.store.get(key)
@@ -119,20 +119,33 @@ class Records:
             raise _negative_error(answer, fqdn, qtype, entry.ttl)
         return entry, False
 
-    async def _ask(self, fqdn: str, qtype: int, previous: Entry | None) -> Positive | Negative:
+    async def _ask(
+        self, fqdn: str, qtype: int, previous: Entry | None, *, bounded: bool
+    ) -> Positive | Negative:
         """Ask upstream, following a CNAME chain across replies when one leaves its reply.
 
         A reply the transport found identical to the last one (ID and TTLs
         aside) comes back with the same parsed message: then the previous
         answer is reused with the new TTLs, and nothing is decoded again.
+
+        ``bounded``: a caller is waiting (a one-shot lookup), so each query,
+        its wait for a query slot included, ends within the lifetime. Watch
+        refreshes are not bounded so: a refresh queued behind others (thousands
+        of watches starting at once) has not failed, and its lifetime starts
+        with its first attempt.
         """
         name = fqdn
         seen = {fqdn}
         hops = 0
         chain_ttl = math.inf
         last = previous.answer if previous is not None else None
+        query = self._transport.query
+        lifetime = self._policy.lifetime
         while True:
-            reply = await self._transport.query(name, qtype)
+            if bounded:
+                reply = await query(name, qtype, deadline=self._clock() + lifetime)
+            else:
+                reply = await query(name, qtype)
             if type(last) is Positive and reply.msg is last.msg:
                 self._counters.unchanged_replies += 1
                 return replies.refreshed(last, reply.data)

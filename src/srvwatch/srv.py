@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -26,6 +26,13 @@ from .reply import Positive
 __all__ = ["Assembler", "gather"]
 
 log = logging.getLogger(__name__)
+
+
+class Pins(Protocol):
+    """Told which store questions an SRV watch depends on (see ``resolver._Pins``)."""
+
+    def srv(self, fqdn: str, targets: Sequence[str]) -> None: ...
+
 
 AddressSet = tuple[tuple[str, ...], float, bool]
 """(addresses, ttl, stale) of one name."""
@@ -62,10 +69,15 @@ class Assembler:
         self._records = records
         self._policy = policy
 
-    async def srv_set(self, fqdn: str, *, refresh: bool = False) -> EndpointSet:
-        return await self._records.flights.run(("srv", fqdn, refresh), self._build, fqdn, refresh)
+    async def srv_set(
+        self, fqdn: str, *, refresh: bool = False, pins: Pins | None = None
+    ) -> EndpointSet:
+        """The endpoint set of ``fqdn``; ``pins`` (a watch's) hears which questions it needs."""
+        return await self._records.flights.run(
+            ("srv", fqdn, refresh), self._build, fqdn, refresh, pins
+        )
 
-    async def _build(self, fqdn: str, refresh: bool) -> EndpointSet:
+    async def _build(self, fqdn: str, refresh: bool, pins: Pins | None = None) -> EndpointSet:
         entry, stale = await self._records.lookup(fqdn, wire.TYPE_SRV, refresh=refresh)
         answer = entry.answer
         assert type(answer) is Positive
@@ -92,6 +104,8 @@ class Assembler:
                 cap,
             )
             missing = missing[:cap]
+        if pins is not None:
+            pins.srv(fqdn, missing)
         if missing:
             ttl, stale = await self._expand(fqdn, missing, found, ttl, stale, refresh)
         result = EndpointSet.from_wire(

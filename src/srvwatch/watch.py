@@ -32,6 +32,9 @@ __all__ = ["Step", "Updates", "WatchLoop", "WatchState", "Watches"]
 log = logging.getLogger(__name__)
 
 Refresh = Callable[[], Awaitable[EndpointSet]]
+_STALE_TICK = 0.05
+"""The stale timer wakes at most this often: a flag comes up to this late, and thousands of
+refreshes a second re-arm deadlines without one wake-up each."""
 Spawn = Callable[..., None]
 
 
@@ -149,9 +152,11 @@ class WatchLoop:
         counters: Counters,
         clock: Clock,
         watches: Watches | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.state = WatchState(name, policy)
         self._refresh = refresh
+        self._on_stop = on_stop
         self._counters = counters
         self._clock = clock
         self._watches = watches
@@ -186,6 +191,10 @@ class WatchLoop:
         finally:
             self.finished = True
             self._counters.loops_stopped += 1
+            if self._watches is not None and self._watches.health is not None:
+                self._watches.health.resign(self)
+            if self._on_stop is not None:
+                self._on_stop()
             for subscriber in list(self.subscribers):
                 subscriber.wake()
 
@@ -203,25 +212,46 @@ class WatchLoop:
         return state.on_failure(error, now)
 
     async def _wait(self, delay: float) -> None:
-        """Sleep until the next refresh; while the upstream is down, wake on its recovery.
+        """Sleep until the next refresh; while every upstream is down, wait for the recovery.
 
-        A recovery then releases this loop after ``min_ttl * U(0, 1)``: every
-        waiting loop comes back within one floor, spread out, instead of all
-        at once (or each only after its whole backoff).
+        A loop does not poll a dead upstream: one waiting loop carries the
+        probes, the others wait (see :meth:`Health.wait_turn`) until an
+        upstream answers, or until their endpoints leave the stale window
+        and must be dropped. Stale flags need no refresh: the stale timer
+        and the failed refresh before the wait have set them. A recovery
+        releases each loop after ``min_ttl * U(0, 1)``: every waiting loop
+        comes back within one floor, spread out, instead of all at once.
         """
         health = self._watches.health if self._watches is not None else None
-        if health is None or not self.state.failures or health.any_up:
+        state = self.state
+        if health is None or not state.failures or health.any_up:
             await anyio.sleep(delay)
             return
-        with anyio.move_on_after(delay) as scope:
-            await health.wait_recovered()
-        if not scope.cancelled_caught:
-            await anyio.sleep(self.state.policy.min_ttl * self.state.policy.draw())
+        limit = math.inf
+        if state.current is not None and state.current.endpoints:
+            drop_at = state.good_until + state.policy.stale_ttl
+            limit = max(drop_at - self._clock(), delay)
+        if await health.wait_turn(self, limit):
+            await anyio.sleep(state.policy.min_ttl * state.policy.draw())
 
-    def publish_overdue(self) -> None:
-        """Called by the registry's stale timer: say stale now if the answer is overdue."""
-        if self.state.on_overdue(self._clock()):
+    def publish_overdue(self, now: float) -> float | None:
+        """Called by the registry's stale timer: say stale now if the answer is overdue.
+
+        Not while the upstream is answering others since this name's data
+        expired: then the refresh is only late (queued behind others, or the
+        process busy), and a stale flag would flap off with its answer. The
+        returned time is when to look again; the refresh's own failure says
+        stale at once if it fails.
+        """
+        state = self.state
+        if not state.overdue(now):
+            return None
+        health = self._watches.health if self._watches is not None else None
+        if health is not None and health.answered_since(state.good_until):
+            return now + state.policy.stale_after
+        if state.on_overdue(now):
             self._notify()
+        return None
 
     def _notify(self) -> None:
         self._counters.updates_emitted += 1
@@ -327,6 +357,7 @@ class Watches:
         self._sequence = 0
         self._timer_running = False
         self._timer_wake: anyio.Event | None = None
+        self._timer_until = math.inf
 
     def expect_answer_by(self, loop: WatchLoop, good_until: float) -> None:
         """Arm the stale timer: ``loop`` says stale if nothing answers by expiry + stale_after.
@@ -335,29 +366,38 @@ class Watches:
         ``stale_after`` whatever the refresh is waiting on (a slow upstream,
         a queue of lookups), never only after the whole lookup lifetime.
         """
-        due = good_until + self._policy.stale_after
+        self._arm(good_until + self._policy.stale_after, loop)
+
+    def _arm(self, due: float, loop: WatchLoop) -> None:
         self._sequence += 1
         heapq.heappush(self._deadlines, (due, self._sequence, loop))
         if not self._timer_running:
             self._timer_running = True
             self._spawn(self._stale_timer)
-        elif self._timer_wake is not None and self._deadlines[0][2] is loop:
+        elif self._timer_wake is not None and due + _STALE_TICK < self._timer_until:
             self._timer_wake.set()  # an earlier deadline than the one being slept on
 
     async def _stale_timer(self) -> None:
+        """Pop due deadlines; sleep till the next, at least a tick (not one wake per refresh)."""
         deadlines = self._deadlines
+        clock = self._clock
         try:
             while deadlines:
-                wait = deadlines[0][0] - self._clock()
-                if wait > 0:
-                    self._timer_wake = anyio.Event()
-                    with anyio.move_on_after(wait):
-                        await self._timer_wake.wait()
-                    self._timer_wake = None
-                    continue
-                _, _, loop = heapq.heappop(deadlines)
-                if not loop.finished:
-                    loop.publish_overdue()
+                now = clock()
+                while deadlines and deadlines[0][0] <= now:
+                    _, _, loop = heapq.heappop(deadlines)
+                    if not loop.finished:
+                        again = loop.publish_overdue(now)
+                        if again is not None:
+                            self._sequence += 1
+                            heapq.heappush(deadlines, (again, self._sequence, loop))
+                if not deadlines:
+                    break
+                self._timer_until = max(deadlines[0][0], now + _STALE_TICK)
+                self._timer_wake = anyio.Event()
+                with anyio.move_on_after(self._timer_until - now):
+                    await self._timer_wake.wait()
+                self._timer_wake = None
         finally:
             self._timer_running = False
             self._timer_wake = None
@@ -373,10 +413,19 @@ class Watches:
         return sorted({loop.name for loop in self._loops.values() if not loop.answered})
 
     @asynccontextmanager
-    async def subscribe(self, key: Hashable, name: str, refresh: Refresh) -> AsyncIterator[Updates]:
+    async def subscribe(
+        self,
+        key: Hashable,
+        name: str,
+        refresh: Refresh,
+        on_stop: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Updates]:
+        """Subscribe to ``key``'s loop, started with ``refresh`` (and ``on_stop``) if new."""
         loop = self._loops.get(key)
         if loop is None:
-            loop = WatchLoop(name, refresh, self._policy, self._counters, self._clock, self)
+            loop = WatchLoop(
+                name, refresh, self._policy, self._counters, self._clock, self, on_stop
+            )
             self._loops[key] = loop
             self._spawn(self._run_loop, key, loop)
         updates = Updates(loop)
