@@ -72,10 +72,14 @@ class Assembler:
     async def srv_set(
         self, fqdn: str, *, refresh: bool = False, pins: Pins | None = None
     ) -> EndpointSet:
-        """The endpoint set of ``fqdn``; ``pins`` (a watch's) hears which questions it needs."""
-        return await self._records.flights.run(
-            ("srv", fqdn, refresh), self._build, fqdn, refresh, pins
-        )
+        """The endpoint set of ``fqdn``; ``pins`` (a watch's) hears which questions it needs.
+
+        One-shot callers share a flight. A watch refresh (one loop per watched
+        name) needs none: its SRV query is shared below, in :class:`Records`.
+        """
+        if refresh:
+            return await self._build(fqdn, refresh, pins)
+        return await self._records.flights.run(("srv", fqdn, refresh), self._build, fqdn, refresh)
 
     async def _build(self, fqdn: str, refresh: bool, pins: Pins | None = None) -> EndpointSet:
         entry, stale = await self._records.lookup(fqdn, wire.TYPE_SRV, refresh=refresh)

@@ -191,7 +191,7 @@ class SocketTransport:
         *,
         clock: Clock = time.monotonic,
         max_socket_uses: int = 64,
-        max_idle_sockets: int = 16,
+        max_idle_sockets: int | None = None,
         max_in_flight: int = 256,
         question_capacity: Callable[[], int] | None = None,
     ) -> None:
@@ -211,7 +211,9 @@ class SocketTransport:
         self._policy = policy
         self._clock = clock
         self._max_uses = max_socket_uses
-        self._max_idle = max_idle_sockets
+        # Idle sockets wait for the next query: as many as may be in flight at once, so a
+        # burst of refreshes does not close sockets only to open new ones the next second.
+        self._max_idle = max_in_flight if max_idle_sockets is None else max_idle_sockets
         self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
         self._queries: OrderedDict[tuple[str, int], _Query] = OrderedDict()
         self._question_capacity = question_capacity or (lambda: _QUERY_CACHE_SIZE)

@@ -27,7 +27,7 @@ from .health import Health
 from .metrics import Counters
 from .policy import Policy
 
-__all__ = ["Step", "Updates", "WatchLoop", "WatchState", "Watches"]
+__all__ = ["Step", "Ticker", "Updates", "WatchLoop", "WatchState", "Watches"]
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,15 @@ class WatchLoop:
         self._counters.loops_started += 1
         try:
             with self.scope:
+                watches = self._watches
+                state, health = self.state, watches.health if watches is not None else None
+                sleep = watches.ticker.sleep if watches is not None else anyio.sleep
                 while True:
-                    await self._wait(await self._next())
+                    delay = await self._next()
+                    if health is None or not state.failures or health.any_up:
+                        await sleep(delay)
+                    else:
+                        await self._wait_for_upstream(health, delay)
         finally:
             self.finished = True
             self._counters.loops_stopped += 1
@@ -211,8 +218,8 @@ class WatchLoop:
             log.error("watch %s: unexpected error in refresh", state.name, exc_info=outcome)
         return state.on_failure(error, now)
 
-    async def _wait(self, delay: float) -> None:
-        """Sleep until the next refresh; while every upstream is down, wait for the recovery.
+    async def _wait_for_upstream(self, health: Health, delay: float) -> None:
+        """Every upstream is down: wait for the recovery instead of the next refresh.
 
         A loop does not poll a dead upstream: one waiting loop carries the
         probes, the others wait (see :meth:`Health.wait_turn`) until an
@@ -222,11 +229,7 @@ class WatchLoop:
         releases each loop after ``min_ttl * U(0, 1)``: every waiting loop
         comes back within one floor, spread out, instead of all at once.
         """
-        health = self._watches.health if self._watches is not None else None
         state = self.state
-        if health is None or not state.failures or health.any_up:
-            await anyio.sleep(delay)
-            return
         limit = math.inf
         if state.current is not None and state.current.endpoints:
             drop_at = state.good_until + state.policy.stale_ttl
@@ -275,6 +278,69 @@ class WatchLoop:
         if self._watches is not None and not self.state.failures:
             self._watches.expect_answer_by(self, self.state.good_until)
         return step.delay
+
+
+class Ticker:
+    """Shared wake-ups for sleeping watch loops: loops due in the same tick wait on one event.
+
+    Each of 10,000 loops sleeping on a timer of its own costs the event loop a
+    timer, a future and a timer-heap entry per refresh (asyncio compares its
+    timers in Python), and leaves them to the garbage collector for the whole
+    sleep. Grouped by tick, loops wait on one event per tick, and one task
+    sleeps until the next tick that has waiters. Times are the event loop's
+    (``anyio.current_time``), like ``anyio.sleep``: a loop wakes at most one
+    tick late, which no refresh schedule (jittered by seconds) notices.
+    """
+
+    def __init__(self, spawn: Spawn, tick: float = 0.01) -> None:
+        self._spawn = spawn
+        self._tick = tick
+        self._events: dict[int, anyio.Event] = {}
+        self._ticks: list[int] = []
+        self._running = False
+        self._wake: anyio.Event | None = None
+        self._sleeping_until = math.inf
+
+    def sleep(self, delay: float) -> Awaitable[None]:
+        """Sleep ``delay`` seconds (up to one tick more); a checkpoint, cancellable as any.
+
+        Not a coroutine itself: the event's wait is what is awaited, one frame less
+        kept alive through every sleep.
+        """
+        tick = math.ceil((anyio.current_time() + max(delay, 0.0)) / self._tick)
+        event = self._events.get(tick)
+        if event is None:
+            event = self._events[tick] = anyio.Event()
+            heapq.heappush(self._ticks, tick)
+            if not self._running:
+                self._running = True
+                self._spawn(self._run)
+            elif self._wake is not None and tick * self._tick < self._sleeping_until:
+                self._wake.set()
+        return event.wait()
+
+    async def _run(self) -> None:
+        ticks, events, size = self._ticks, self._events, self._tick
+        try:
+            while ticks:
+                now = anyio.current_time()
+                while ticks and ticks[0] * size <= now:
+                    events.pop(heapq.heappop(ticks)).set()
+                if not ticks:
+                    break
+                self._sleeping_until = ticks[0] * size
+                self._wake = anyio.Event()
+                with anyio.move_on_after(self._sleeping_until - now):
+                    await self._wake.wait()
+                self._wake = None
+        finally:
+            self._running = False
+            self._wake = None
+            self._sleeping_until = math.inf
+            for event in events.values():  # the owner is closing: let no sleeper hang
+                event.set()
+            events.clear()
+            ticks.clear()
 
 
 class Updates:
@@ -356,6 +422,7 @@ class Watches:
         self._stopped_in_deadlines = 0
         self._sequence = 0
         self._timer_running = False
+        self.ticker = Ticker(spawn)
         self._timer_wake: anyio.Event | None = None
         self._timer_until = math.inf
 
