@@ -67,28 +67,44 @@ class Records:
         if refresh:
             shared = ("refresh", fqdn, qtype)
             return await self.flights.run(shared, self._fetch, fqdn, qtype, False)
-        key = (fqdn, qtype)
-        entry = self.store.peek(key)
-        if entry is not None:
-            now = self._clock()
-            answer = entry.answer
-            if answer is not None and now < entry.expires_at:
-                if type(answer) is Negative:
-                    self._counters.negative_hits += 1
-                    raise _negative_error(answer, fqdn, qtype, entry.ttl)
-                self._counters.hits += 1
-                return entry, False
-            failure = entry.failure
-            if failure is not None and now < failure.until:
-                if stale_ok and entry.servable_stale(now):
-                    self._counters.stale += 1
-                    return entry, True
-                raise failure.error()
+        found = self.cached(fqdn, qtype, stale_ok=stale_ok)
+        if found is not None:
+            return found
+        return await self.fetch(fqdn, qtype, stale_ok=stale_ok)
+
+    def cached(self, fqdn: str, qtype: int, *, stale_ok: bool = True) -> Found | None:
+        """What :meth:`lookup` finds in the store without asking upstream, else None.
+
+        Raises as :meth:`lookup` does for a cached negative answer or failure.
+        Synchronous, so a caller can skip starting concurrent lookups (tasks)
+        when everything it needs is cached (an SRV refresh's targets, mostly).
+        """
+        entry = self.store.peek((fqdn, qtype))
+        if entry is None:
+            return None
+        now = self._clock()
+        answer = entry.answer
+        if answer is not None and now < entry.expires_at:
+            if type(answer) is Negative:
+                self._counters.negative_hits += 1
+                raise _negative_error(answer, fqdn, qtype, entry.ttl)
+            self._counters.hits += 1
+            return entry, False
+        failure = entry.failure
+        if failure is not None and now < failure.until:
+            if stale_ok and entry.servable_stale(now):
+                self._counters.stale += 1
+                return entry, True
+            raise failure.error()
+        return None
+
+    async def fetch(self, fqdn: str, qtype: int, *, stale_ok: bool = True) -> Found:
+        """Ask upstream (one shared flight per question): a :meth:`lookup` the store missed."""
         self._counters.misses += 1
         if not stale_ok:
             shared = ("refresh", fqdn, qtype)
             return await self.flights.run(shared, self._fetch, fqdn, qtype, False)
-        return await self.flights.run(key, self._fetch, fqdn, qtype, True)
+        return await self.flights.run((fqdn, qtype), self._fetch, fqdn, qtype, True)
 
     async def _fetch(self, fqdn: str, qtype: int, serve_stale: bool) -> Found:
         key = (fqdn, qtype)

@@ -126,8 +126,11 @@ class WatchState:
 
     def _publish(self, endpoints: EndpointSet, stale: bool, error: str | None) -> bool:
         endpoints = endpoints.with_stale(stale)
-        if self.current is not None and not changed(self.current, endpoints):
-            self.current = endpoints  # keep the newest TTL without telling anyone
+        current = self.current
+        if current is not None and not changed(current, endpoints):
+            # Keep the newest TTL without telling anyone, on the endpoints already held:
+            # nothing new is kept for the garbage collector until the next refresh.
+            self.current = current.with_ttl(endpoints.ttl, stale)
             return False
         self.version += 1
         self.current = endpoints
@@ -265,6 +268,10 @@ class WatchLoop:
         """One refresh, its outcome published; returns how long to sleep before the next."""
         try:
             outcome: EndpointSet | BaseException = await self._refresh()
+        except ResolveError as exc:
+            # Without its traceback, whose frames include this one: no reference cycle
+            # (and no work for the cyclic GC) per failed refresh.
+            outcome = exc.with_traceback(None)
         except Exception as exc:
             outcome = exc
         try:
