@@ -226,17 +226,22 @@ class WatchLoop:
 
         A loop does not poll a dead upstream: one waiting loop carries the
         probes, the others wait (see :meth:`Health.wait_turn`) until an
-        upstream answers, or until their endpoints leave the stale window
-        and must be dropped. Stale flags need no refresh: the stale timer
-        and the failed refresh before the wait have set them. A recovery
+        upstream answers, until their data expires (the refresh then fails
+        at once and flags it stale, as before), or until their endpoints
+        leave the stale window and must be dropped. A recovery
         releases each loop after ``min_ttl * U(0, 1)``: every waiting loop
         comes back within one floor, spread out, instead of all at once.
         """
         state = self.state
         limit = math.inf
         if state.current is not None and state.current.endpoints:
-            drop_at = state.good_until + state.policy.stale_ttl
-            limit = max(drop_at - self._clock(), delay)
+            now = self._clock()
+            if not state.stale and now < state.good_until:
+                # Still fresh: look again at expiry, as a failing loop did, so the stale
+                # flag comes then (one fast failure per name per outage), not later.
+                limit = state.good_until - now
+            else:
+                limit = max(state.good_until + state.policy.stale_ttl - now, delay)
         if await health.wait_turn(self, limit):
             await anyio.sleep(state.policy.min_ttl * state.policy.draw())
 
