@@ -10,6 +10,7 @@ modules with one job each (:mod:`~srvwatch.records`, :mod:`~srvwatch.srv`,
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -395,12 +396,11 @@ class Resolver:
         known = self._name(name)  # a bad name fails here, before anything starts
         self._tasks.check_caller()
         pins = _Pins(self._store)
+        srv_set = functools.partial(self._assembler.srv_set, refresh=True, pins=pins)
 
         async def refresh() -> EndpointSet:
             if qtype == wire.TYPE_SRV:
-                result = await self._search(
-                    known, lambda fqdn: self._assembler.srv_set(fqdn, refresh=True, pins=pins)
-                )
+                result = await self._search(known, srv_set)
                 known.srv = result
                 known.srv_until = self._clock() + self.policy.clamp_ttl(result.ttl)
                 return result
