@@ -134,7 +134,7 @@ class _Orphan:
 class _Query:
     """One query as sent, with ID 0, and the question its reply must echo."""
 
-    __slots__ = ("asked", "last", "plain", "qclass", "qname", "qtype", "same_spans", "template")
+    __slots__ = ("_plain", "asked", "last", "qclass", "qname", "qtype", "same_spans", "template")
 
     def __init__(self, template: bytes, plain: bytes | None = None) -> None:
         self.template = b"\x00\x00" + template[2:]
@@ -145,12 +145,24 @@ class _Query:
         self.qtype = msg.qtype
         self.qclass = msg.qclass
         self.asked = wire.question_of(self.template)
-        self.plain = None if plain is None else _Query(plain)
-        """The same question without EDNS, for a server that answers FORMERR to OPT."""
+        self._plain: _Query | bytes | None = plain
+        """The same question without EDNS: its bytes until a server answers FORMERR to OPT."""
         self.last: tuple[bytes, wire.Message] | None = None
         """The last reply that answered this query, parsed."""
         self.same_spans: tuple[tuple[int, int], ...] = ()
         """The byte ranges of ``last`` outside its ID and TTL fields."""
+
+    @property
+    def plain(self) -> _Query | None:
+        """The same question without EDNS, for a server that answers FORMERR to OPT.
+
+        Prepared on first use: few servers need it, and every remembered question would
+        otherwise carry a second parsed query.
+        """
+        plain = self._plain
+        if isinstance(plain, bytes):
+            plain = self._plain = _Query(plain)
+        return plain
 
     def remember(self, data: bytes, msg: wire.Message) -> None:
         offsets = sorted(rr.ttl_offset for rr in (*msg.answers, *msg.authority, *msg.additional))
