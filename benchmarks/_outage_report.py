@@ -332,6 +332,9 @@ def render_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
                     f"{b['us_per_refresh']:.0f} / {a['us_per_refresh']:.0f}",
                     _ratio(b["us_per_refresh"], a["us_per_refresh"]),
                     f"{b['queries_per_refresh']:.2f} / {a['queries_per_refresh']:.2f}",
+                    f"{_pct(b['gc_share'])} / {_pct(a['gc_share'])}",
+                    f"{_startup(b)} / {_startup(a)}",
+                    f"{b['stale_updates']:,} / {a['stale_updates']:,}",
                 ]
             )
         out.append(
@@ -345,11 +348,26 @@ def render_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
                     "CPU us per refresh",
                     "before / after",
                     "queries per refresh",
+                    "of which GC",
+                    "start-up (slowest round)",
+                    "stale updates",
                 ],
                 body,
             )
         )
     return "".join(out)
+
+
+def _pct(share: float) -> str:
+    return "-" if math.isnan(share) else f"{share * 100:.0f}%"
+
+
+def _startup(summary: dict[str, float]) -> str:
+    """Seconds to every name's first answer; "(N not)" when names had none by the deadline."""
+    text = f"{summary['startup_s']:.0f} s"
+    if summary["unanswered"]:
+        text += f" ({summary['unanswered']:,.0f} not)"
+    return text
 
 
 def render_markdown(data: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ class Upstream:
         self.answered = False
         """Has answered at least once: what readiness waits for."""
         self.failures = 0
-        """Consecutive timeouts or refused connections."""
+        """Consecutive failures: the one that marked it down, then each failed probe."""
         self.down_since = 0.0
         self.next_probe = 0.0
         self.probing = False
@@ -131,16 +131,26 @@ class Health:
             self._wake()
 
     def failed(self, i: int, why: str) -> None:
-        """Position ``i`` timed out or refused: down, with its next probe backed off."""
+        """Position ``i`` timed out or refused: down, with its next probe backed off.
+
+        The backoff steps once when it goes down and once per failed probe.
+        The other attempts that were already on the wire fail too, as many as
+        were in flight (168 of them at 10,000 watches): counted, they would
+        push the probe step to its cap at once, and the recovery of a short
+        outage would be found up to ``backoff_max`` late.
+        """
         upstream = self.upstreams[i]
         now = self._clock()
+        probe = upstream.probing
         upstream.probing = False
-        upstream.failures += 1
         upstream.last_error = why
         if upstream.up:
             upstream.up = False
             upstream.down_since = now
             self.marked_down += 1
+        elif not probe:
+            return  # sent before it was known down: the probe schedule stands
+        upstream.failures += 1
         upstream.next_probe = now + self._policy.backoff_delay(upstream.failures)
 
     def released(self, i: int) -> None:
