@@ -228,3 +228,31 @@ async def test_refreshes_leave_no_reference_cycles() -> None:
     ]
     assert not errors, (len(errors), errors[:3])
     assert not ours, (len(ours), [f.f_code.co_name for f in ours[:10]])
+
+
+@pytest.mark.knot
+async def test_a_stalled_process_does_not_flap_stale_while_upstream_answers(
+    knot_factory: KnotFactory,
+) -> None:
+    """The event loop blocked for 1.5 s (a full GC pass of a large heap takes ~1 s at 10,000
+    watches): every name's data expires meanwhile, yet Knot answers as soon as the refreshes
+    go out. The stale timer, late too, must not flag them first (582 flaps on trio)."""
+    names = 10
+    knot = knot_factory(glue_zone(names))
+    policy = srvwatch.Policy(min_ttl=0.5, max_ttl=0.5, stale_after=0.3, jitter=0.2)
+    seen: dict[int, list[srvwatch.Update]] = {}
+    try:
+        async with srvwatch.Resolver([knot.address()], policy=policy) as r:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_all, r, names, seen)
+                await eventually(lambda: len(seen) == names and r.ready)
+                for _ in range(3):
+                    await anyio.sleep(0.7)
+                    time.sleep(1.5)  # noqa: ASYNC251 - the stall under test
+                await anyio.sleep(1.0)
+                tg.cancel_scope.cancel()
+    finally:
+        knot.stop()
+    stale = [u for ups in seen.values() for u in ups if u.stale]
+    assert not stale, (len(stale), stale[0].error)
+    assert all(len(seen[i]) == 1 for i in range(names))

@@ -477,6 +477,11 @@ class Watches:
                 with anyio.move_on_after(self._timer_until - now):
                     await self._timer_wake.wait()
                 self._timer_wake = None
+                if clock() - self._timer_until > _STALE_TICK:
+                    # Woke late: the process was stalled (a long GC pause, a blocking call).
+                    # The refreshes due meanwhile go out and queued answers are read first,
+                    # or every name due in the stall would be flagged stale, then fresh.
+                    await anyio.sleep(_STALE_TICK)
         finally:
             self._timer_running = False
             self._timer_wake = None
