@@ -224,6 +224,7 @@ def cpu_summary(cpu: dict[str, Any]) -> dict[str, dict[str, float]]:
                 r["names"] - r.get("answered_by_deadline", r["answered"]) for r in runs
             ),
             "timeouts": sum(r["timeouts"] for r in runs),
+            "evictions": max(r["stats_window_end"]["cache_evictions"] for r in runs),
             "load": max(max(r["loadavg"]) for r in runs),
         }
     return summary
@@ -246,7 +247,7 @@ def render_cpu(cpu: dict[str, Any]) -> str:
         "Python's cyclic garbage collector (gc.callbacks). Start-up: from the first watch to "
         'every name\'s first right answer ("not": names still without one at the deadline). '
         "Timeouts and stale updates are summed over the rounds' windows: refreshes that fell "
-        "behind.\n\n"
+        "behind. Cache evictions: the LRU's count by the window's end (most of a round).\n\n"
     ]
     rows = []
     for key, s in summary.items():
@@ -264,6 +265,7 @@ def render_cpu(cpu: dict[str, Any]) -> str:
                 f"{s['startup_s']:.0f} s"
                 + (f" ({s['unanswered']:,} not)" if s["unanswered"] else ""),
                 f"{s['timeouts']:,} / {s['stale_updates']:,}",
+                f"{s['evictions']:,}",
                 f"{s['load']:.1f}",
             ]
         )
@@ -280,6 +282,7 @@ def render_cpu(cpu: dict[str, Any]) -> str:
                 "of which kernel (sys)",
                 "start-up: every name answered after (slowest round)",
                 "timeouts / stale updates",
+                "cache evictions",
                 "load average (max)",
             ],
             rows,
@@ -329,6 +332,9 @@ def render_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
                     f"{b['us_per_refresh']:.0f} / {a['us_per_refresh']:.0f}",
                     _ratio(b["us_per_refresh"], a["us_per_refresh"]),
                     f"{b['queries_per_refresh']:.2f} / {a['queries_per_refresh']:.2f}",
+                    f"{_pct(b['gc_share'])} / {_pct(a['gc_share'])}",
+                    f"{_startup(b)} / {_startup(a)}",
+                    f"{b['stale_updates']:,} / {a['stale_updates']:,}",
                 ]
             )
         out.append(
@@ -342,11 +348,26 @@ def render_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
                     "CPU us per refresh",
                     "before / after",
                     "queries per refresh",
+                    "of which GC",
+                    "start-up (slowest round)",
+                    "stale updates",
                 ],
                 body,
             )
         )
     return "".join(out)
+
+
+def _pct(share: float) -> str:
+    return "-" if math.isnan(share) else f"{share * 100:.0f}%"
+
+
+def _startup(summary: dict[str, float]) -> str:
+    """Seconds to every name's first answer; "(N not)" when names had none by the deadline."""
+    text = f"{summary['startup_s']:.0f} s"
+    if summary["unanswered"]:
+        text += f" ({summary['unanswered']:,.0f} not)"
+    return text
 
 
 def render_markdown(data: dict[str, Any]) -> str:

@@ -13,7 +13,9 @@ import anyio
 import pytest
 
 import srvwatch
+from srvwatch.health import Health
 from srvwatch.scripted import ScriptedTransport
+from srvwatch.transport import parse_nameserver
 from srvwatch.watch import WatchState
 
 pytestmark = pytest.mark.anyio
@@ -242,3 +244,25 @@ async def test_answer_ttl_is_the_time_remaining() -> None:
         stale = await r.resolve("a.svc.test.", "A")
         assert stale.stale
         assert stale.ttl == 0.0  # expired: served only because the upstream fails
+
+
+def test_attempts_in_flight_when_an_upstream_goes_down_do_not_push_its_probes_back() -> None:
+    """168 queries were on the wire when Knot stopped under 10,000 watches; each failure
+    stepped the probe backoff, so the first probe was drawn from the 30 s cap and a 60 s
+    outage's end was found 23 s late. One step for going down, one per failed probe."""
+    clock = FakeClock()
+    policy = srvwatch.Policy(backoff_base=1.0, backoff_max=30.0, rng=random.Random(7))
+    health = Health((parse_nameserver("192.0.2.1"),), policy, clock)
+    for _ in range(168):
+        health.failed(0, "connection refused")
+    upstream = health.upstreams[0]
+    assert not upstream.up
+    assert upstream.failures == 1
+    assert upstream.next_probe - clock.now <= 1.0  # the first step: U(0.5, 1)
+    clock.now = upstream.next_probe
+    assert health.pick(0, set()) == 0  # the probe
+    health.failed(0, "connection refused")
+    assert upstream.failures == 2
+    assert upstream.next_probe - clock.now <= 2.0
+    health.failed(0, "connection refused")  # not a probe: the schedule stands
+    assert upstream.failures == 2

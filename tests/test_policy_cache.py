@@ -166,6 +166,29 @@ def test_lru_bound() -> None:
     assert 149 not in store
 
 
+def test_pinned_entries_are_never_evicted_and_the_bound_counts_the_others() -> None:
+    clock = FakeClock()
+    store = RecordStore(Policy(cache_size=10), clock)
+    for i in range(30):
+        store.pin(("watched", i))
+        store.put(("watched", i), positive(), 30)
+    for i in range(100):
+        store.put(i, positive(), 30)  # LRU churn from one-shot lookups
+    assert all(("watched", i) in store for i in range(30))
+    assert len(store) == 30 + 10
+    assert store.capacity == 40
+    assert store.evictions == 90  # only unpinned entries were evicted
+    store.pin(("watched", 0))  # a second watch of the same question
+    for i in range(30):
+        store.unpin(("watched", i))
+    assert ("watched", 0) in store  # still pinned once
+    assert len(store) == 11  # unpinned, the others went back under the LRU bound
+    store.unpin(("watched", 0))
+    store.unpin(("watched", 0))  # one unpin too many is harmless
+    assert len(store) == 10
+    assert store.capacity == 10
+
+
 def test_first_refresh_is_spread_over_the_whole_ttl() -> None:
     p = Policy(jitter=0.2)
     rng = random.Random(3)

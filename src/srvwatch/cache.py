@@ -103,7 +103,14 @@ class Entry:
 
 
 class RecordStore:
-    """LRU-bounded map from a question to its :class:`Entry`.
+    """Map from a question to its :class:`Entry`: LRU-bounded, except what live watches need.
+
+    ``policy.cache_size`` bounds the entries no watch depends on. A question
+    a live watch depends on (its SRV set, its targets' addresses) is pinned
+    with :meth:`pin` and is never evicted for others: LRU churn from one-shot
+    lookups or from more watched questions than ``cache_size`` would
+    otherwise evict an answer just before its own refresh and ask for it
+    again. The store then holds up to ``cache_size`` + the pinned questions.
 
     A TTL of 0 can never produce an entry that expires at once: positive
     TTLs are clamped to ``policy.min_ttl`` and negative ones to
@@ -114,7 +121,10 @@ class RecordStore:
     def __init__(self, policy: Policy, clock: Clock = time.monotonic) -> None:
         self.policy = policy
         self.clock = clock
-        self._data: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._data: dict[Hashable, Entry] = {}
+        self._lru: OrderedDict[Hashable, None] = OrderedDict()
+        """The keys of unpinned entries, least recently used first: what the bound counts."""
+        self._pins: dict[Hashable, int] = {}
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -124,7 +134,40 @@ class RecordStore:
         return key in self._data
 
     def __repr__(self) -> str:
-        return f"<RecordStore {len(self)}/{self.policy.cache_size} entries>"
+        return (
+            f"<RecordStore {len(self)} entries, {len(self._pins)} pinned, "
+            f"bound {self.policy.cache_size} unpinned>"
+        )
+
+    @property
+    def capacity(self) -> int:
+        """The most entries the store may hold now: the bound plus the pinned questions."""
+        return self.policy.cache_size + len(self._pins)
+
+    def pin(self, key: Hashable) -> None:
+        """A live watch depends on ``key``: keep its entry out of LRU eviction (counted)."""
+        pins = self._pins
+        count = pins.get(key, 0)
+        pins[key] = count + 1
+        if not count:
+            self._lru.pop(key, None)
+
+    def unpin(self, key: Hashable) -> None:
+        """One dependent fewer; the last one returns the entry to the LRU, as most recent."""
+        pins = self._pins
+        count = pins.get(key, 0)
+        if count > 1:
+            pins[key] = count - 1
+            return
+        if not count:
+            return
+        del pins[key]
+        if key in self._data:
+            self._lru[key] = None
+            self._evict()
+
+    def pinned(self, key: Hashable) -> bool:
+        return key in self._pins
 
     def peek(self, key: Hashable) -> Entry | None:
         """The entry whatever its state, without touching the LRU order: the hot path."""
@@ -138,9 +181,10 @@ class RecordStore:
         now = self.clock()
         failed_until = entry.failure.until if entry.failure is not None else -1.0
         if now >= entry.stale_until and now >= entry.expires_at and now >= failed_until:
-            del self._data[key]
+            self.discard(key)
             return None
-        self._data.move_to_end(key)
+        if key in self._lru:
+            self._lru.move_to_end(key)
         return entry
 
     def put(self, key: Hashable, answer: Positive | Negative, ttl: float) -> Entry:
@@ -173,15 +217,25 @@ class RecordStore:
 
     def discard(self, key: Hashable) -> None:
         self._data.pop(key, None)
+        self._lru.pop(key, None)
 
     def clear(self) -> None:
+        """Drop every entry (pins stay: a watch still depends on its questions)."""
         self._data.clear()
+        self._lru.clear()
 
     def _store(self, key: Hashable, entry: Entry) -> None:
-        data = self._data
-        data[key] = entry
-        data.move_to_end(key)
-        if len(data) > self.policy.cache_size:
-            while len(data) > self.policy.cache_size:
-                data.popitem(last=False)
-                self.evictions += 1
+        self._data[key] = entry
+        if key in self._pins:
+            return
+        lru = self._lru
+        lru[key] = None
+        lru.move_to_end(key)
+        self._evict()
+
+    def _evict(self) -> None:
+        lru, data, bound = self._lru, self._data, self.policy.cache_size
+        while len(lru) > bound:
+            key, _ = lru.popitem(last=False)
+            del data[key]
+            self.evictions += 1

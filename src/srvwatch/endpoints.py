@@ -371,7 +371,12 @@ class EndpointSet:
         return group.zeros[i] if from_zeros else group.weighted[i]
 
     def with_ttl(self, ttl: float, stale: bool) -> EndpointSet:
-        """The same endpoints with another TTL and stale flag: no re-validation, no re-sorting."""
+        """The same endpoints with another TTL and stale flag: no re-validation, no re-sorting.
+
+        The same object when nothing differs (an unchanged refresh at the TTL floor).
+        """
+        if ttl == self.ttl and stale == self.stale:
+            return self
         result = object.__new__(EndpointSet)
         setattr_ = object.__setattr__
         setattr_(result, "name", self.name)

@@ -115,7 +115,9 @@ class Singleflight:
         self, key: object, flight: _Flight, result: Any, error: BaseException | None
     ) -> None:
         flight.result = result
-        flight.error = error
+        # A DNS error is kept as a copy without traceback: the raised one's traceback holds
+        # the frame that holds this flight, a reference cycle per failed lookup.
+        flight.error = clone_error(error) if isinstance(error, ResolveError) else error
         if self._flights.get(key) is flight:
             del self._flights[key]
         self._counters.flights_finished += 1

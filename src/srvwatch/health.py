@@ -10,11 +10,12 @@ refreshes instead of arriving together. unbound keeps the same kind of
 infrastructure cache.
 
 The decisions are pure and take the injected clock; the only I/O-shaped part
-is the event that :meth:`Health.wait_recovered` waits on.
+are the events that :meth:`Health.wait_recovered` and :meth:`Health.wait_turn` wait on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ class Upstream:
         self.answered = False
         """Has answered at least once: what readiness waits for."""
         self.failures = 0
-        """Consecutive timeouts or refused connections."""
+        """Consecutive failures: the one that marked it down, then each failed probe."""
         self.down_since = 0.0
         self.next_probe = 0.0
         self.probing = False
@@ -67,7 +68,11 @@ class Health:
         self.upstreams = tuple(Upstream(server) for server in servers)
         self._policy = policy
         self._clock = clock
-        self._recovered: anyio.Event | None = None
+        self._changed: anyio.Event | None = None
+        """Set when a nameserver comes back up or the probe carrier leaves; then replaced."""
+        self._prober: object | None = None
+        self.last_answer = -math.inf
+        """When a nameserver last answered (any rcode), on the clock."""
         self.recoveries = 0
         self.probes = 0
         self.marked_down = 0
@@ -122,24 +127,34 @@ class Health:
         upstream.probing = False
         upstream.answered = True
         upstream.failures = 0
+        self.last_answer = self._clock()
         if not upstream.up:
             upstream.up = True
             self.recoveries += 1
-            if self._recovered is not None:
-                self._recovered.set()
-                self._recovered = None
+            self._prober = None
+            self._wake()
 
     def failed(self, i: int, why: str) -> None:
-        """Position ``i`` timed out or refused: down, with its next probe backed off."""
+        """Position ``i`` timed out or refused: down, with its next probe backed off.
+
+        The backoff steps once when it goes down and once per failed probe.
+        The other attempts that were already on the wire fail too, as many as
+        were in flight (168 of them at 10,000 watches): counted, they would
+        push the probe step to its cap at once, and the recovery of a short
+        outage would be found up to ``backoff_max`` late.
+        """
         upstream = self.upstreams[i]
         now = self._clock()
+        probe = upstream.probing
         upstream.probing = False
-        upstream.failures += 1
         upstream.last_error = why
         if upstream.up:
             upstream.up = False
             upstream.down_since = now
             self.marked_down += 1
+        elif not probe:
+            return  # sent before it was known down: the probe schedule stands
+        upstream.failures += 1
         upstream.next_probe = now + self._policy.backoff_delay(upstream.failures)
 
     def released(self, i: int) -> None:
@@ -158,11 +173,72 @@ class Health:
             )
         return "upstream down: " + "; ".join(parts)
 
+    def answered_since(self, when: float) -> bool:
+        """A nameserver is up and has answered since ``when``: the upstream is answering.
+
+        A watch whose data expired at ``when`` and has no answer yet is then
+        behind (its refresh queued, or the process busy), not failing: it is
+        not flagged stale for that (see :meth:`srvwatch.watch.Watches.expect_answer_by`).
+        """
+        return self.last_answer >= when and self.any_up
+
     async def wait_recovered(self) -> None:
         """Return when any nameserver that was down answers again."""
-        if self._recovered is None:
-            self._recovered = anyio.Event()
-        await self._recovered.wait()
+        recoveries = self.recoveries
+        while self.recoveries == recoveries:
+            await self._event().wait()
+
+    async def wait_turn(self, waiter: object, limit: float) -> bool:
+        """While every nameserver is down, park ``waiter`` until it has something to do.
+
+        True: a nameserver answered again. False: ``waiter`` should refresh
+        now, because it carries the next probe (one waiter at a time does:
+        it returns when a probe is due, and its lookup sends it), or ``limit``
+        seconds passed. The others wait for the recovery, so thousands of
+        watch loops on a dead upstream cost one wake-up per probe, not a
+        failed lookup each per backoff step. The carrier keeps its turn
+        until it calls :meth:`resign` or a nameserver comes back.
+        """
+        with anyio.move_on_after(limit):
+            while not self.any_up:
+                if self._prober is None:
+                    self._prober = waiter
+                if self._prober is not waiter:
+                    await self._event().wait()
+                    continue
+                wait = self._probe_wait()
+                if wait <= 0:
+                    return False
+                with anyio.move_on_after(wait):
+                    await self._event().wait()
+            return True
+        return False
+
+    def resign(self, waiter: object) -> None:
+        """``waiter`` stops (a watch loop ending): if it carried the probes, another takes over."""
+        if self._prober is waiter:
+            self._prober = None
+            self._wake()
+
+    def _probe_wait(self) -> float:
+        """Seconds until a probe may go; a probe already out is waited on for one timeout."""
+        now = self._clock()
+        wait = math.inf
+        for u in self.upstreams:
+            if u.up:
+                return 0.0
+            wait = min(wait, self._policy.timeout if u.probing else u.next_probe - now)
+        return wait
+
+    def _event(self) -> anyio.Event:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Each nameserver's state, for ``Resolver.upstreams()``, ``/ready`` and metrics."""

@@ -46,7 +46,9 @@ class Policy:
     """How long the last good answer may be served after failures (RFC 8767)."""
     stale_after: float = 1.8
     """A watch says ``stale`` once its data has expired and no answer came within this
-    (the RFC 8767 client response timer; the stub answers stale after it too)."""
+    (the RFC 8767 client response timer; the stub answers stale after it too). Not while
+    the upstream answers other questions meanwhile: the process is then behind, not
+    failing, and the name is flagged when its own refresh fails."""
     stale_answer_ttl: float = 30.0
     """TTL the stub gives a stale answer (RFC 8767); never 0, which restarts the storm."""
     stale_refresh_interval: float = 30.0
@@ -54,13 +56,17 @@ class Policy:
     timeout: float = 1.0
     """Per-attempt timeout for one query to one nameserver."""
     lifetime: float = 5.0
-    """Overall deadline of one lookup, retries and failover included."""
+    """Overall deadline of one lookup, retries and failover included. A watch refresh
+    queued for a query slot (``max_in_flight``) has not started: its lifetime starts with
+    its first attempt. A one-shot lookup's caller is waiting: there the queue counts."""
     backoff_base: float = 1.0
     """First failure backoff; doubles per consecutive failure (jittered)."""
     backoff_max: float = 30.0
     """Failure backoff cap."""
     cache_size: int = 10_000
-    """LRU bound on cached answers."""
+    """LRU bound on the cached answers no live watch depends on. The answers a watch
+    needs (its SRV set and its targets' A and AAAA) are pinned while it runs and never
+    evicted, so 10,000 watches without glue (30,000 answers) keep theirs."""
     max_srv_targets: int = 32
     """SRV targets without glue resolved per answer; more get no addresses (as unbound and
     c-ares cap the work one answer can cause), so a huge answer cannot flood the upstream."""

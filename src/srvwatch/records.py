@@ -71,34 +71,50 @@ class Records:
         if refresh:
             shared = ("refresh", fqdn, qtype)
             return await self.flights.run(shared, self._fetch, fqdn, qtype, False)
-        key = (fqdn, qtype)
-        entry = self.store.peek(key)
-        if entry is not None:
-            now = self._clock()
-            answer = entry.answer
-            if answer is not None and now < entry.expires_at:
-                if type(answer) is Negative:
-                    self._counters.negative_hits += 1
-                    raise _negative_error(answer, fqdn, qtype, entry.ttl)
-                self._counters.hits += 1
-                return entry, False
-            failure = entry.failure
-            if failure is not None and now < failure.until:
-                if stale_ok and entry.servable_stale(now):
-                    self._counters.stale += 1
-                    return entry, True
-                raise failure.error()
+        found = self.cached(fqdn, qtype, stale_ok=stale_ok)
+        if found is not None:
+            return found
+        return await self.fetch(fqdn, qtype, stale_ok=stale_ok)
+
+    def cached(self, fqdn: str, qtype: int, *, stale_ok: bool = True) -> Found | None:
+        """What :meth:`lookup` finds in the store without asking upstream, else None.
+
+        Raises as :meth:`lookup` does for a cached negative answer or failure.
+        Synchronous, so a caller can skip starting concurrent lookups (tasks)
+        when everything it needs is cached (an SRV refresh's targets, mostly).
+        """
+        entry = self.store.peek((fqdn, qtype))
+        if entry is None:
+            return None
+        now = self._clock()
+        answer = entry.answer
+        if answer is not None and now < entry.expires_at:
+            if type(answer) is Negative:
+                self._counters.negative_hits += 1
+                raise _negative_error(answer, fqdn, qtype, entry.ttl)
+            self._counters.hits += 1
+            return entry, False
+        failure = entry.failure
+        if failure is not None and now < failure.until:
+            if stale_ok and entry.servable_stale(now):
+                self._counters.stale += 1
+                return entry, True
+            raise failure.error()
+        return None
+
+    async def fetch(self, fqdn: str, qtype: int, *, stale_ok: bool = True) -> Found:
+        """Ask upstream (one shared flight per question): a :meth:`lookup` the store missed."""
         self._counters.misses += 1
         if not stale_ok:
             shared = ("refresh", fqdn, qtype)
             return await self.flights.run(shared, self._fetch, fqdn, qtype, False)
-        return await self.flights.run(key, self._fetch, fqdn, qtype, True)
+        return await self.flights.run((fqdn, qtype), self._fetch, fqdn, qtype, True)
 
     async def _fetch(self, fqdn: str, qtype: int, serve_stale: bool) -> Found:
         key = (fqdn, qtype)
         previous = self.store.peek(key)
         try:
-            answer = await self._ask(fqdn, qtype, previous)
+            answer = await self._ask(fqdn, qtype, previous, bounded=serve_stale)
         except (ResolveTimeout, ServerFailure) as exc:
             if isinstance(exc, UpstreamDown):  # nothing was sent: nothing to remember
                 found = self.store.get(key)
@@ -123,20 +139,33 @@ class Records:
             raise _negative_error(answer, fqdn, qtype, entry.ttl)
         return entry, False
 
-    async def _ask(self, fqdn: str, qtype: int, previous: Entry | None) -> Positive | Negative:
+    async def _ask(
+        self, fqdn: str, qtype: int, previous: Entry | None, *, bounded: bool
+    ) -> Positive | Negative:
         """Ask upstream, following a CNAME chain across replies when one leaves its reply.
 
         A reply the transport found identical to the last one (ID and TTLs
         aside) comes back with the same parsed message: then the previous
         answer is reused with the new TTLs, and nothing is decoded again.
+
+        ``bounded``: a caller is waiting (a one-shot lookup), so each query,
+        its wait for a query slot included, ends within the lifetime. Watch
+        refreshes are not bounded so: a refresh queued behind others (thousands
+        of watches starting at once) has not failed, and its lifetime starts
+        with its first attempt.
         """
         name = fqdn
         seen = {fqdn}
         hops = 0
         chain_ttl = math.inf
         last = previous.answer if previous is not None else None
+        query = self._transport.query
+        lifetime = self._policy.lifetime
         while True:
-            reply = await self._transport.query(name, qtype)
+            if bounded:
+                reply = await query(name, qtype, deadline=self._clock() + lifetime)
+            else:
+                reply = await query(name, qtype)
             if type(last) is Positive and reply.msg is last.msg:
                 self._counters.unchanged_replies += 1
                 return replies.refreshed(last, reply.data)

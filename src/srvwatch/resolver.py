@@ -10,6 +10,7 @@ modules with one job each (:mod:`~srvwatch.records`, :mod:`~srvwatch.srv`,
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -84,6 +85,53 @@ class _Name:
         self.answers: dict[int, tuple[Answer, float]] = {}
 
 
+class _Pins:
+    """The store's questions one watch loop depends on, pinned while the loop runs.
+
+    An SRV watch depends on its SRV answer and on its targets' A and AAAA
+    answers (when they came without glue); pinned, none of them is evicted
+    by LRU churn before its own refresh (see :class:`~srvwatch.cache.RecordStore`).
+    """
+
+    __slots__ = ("_keys", "_store", "_targets")
+
+    def __init__(self, store: RecordStore) -> None:
+        self._store = store
+        self._keys: frozenset[tuple[str, int]] = frozenset()
+        self._targets: tuple[str, ...] = ()
+
+    def srv(self, fqdn: str, targets: Sequence[str]) -> None:
+        """Pin an SRV answer and its targets without glue, before those are asked.
+
+        Called with the SRV answer in the store, so nothing can evict it
+        first; an unchanged answer costs one tuple comparison.
+        """
+        names = (fqdn, *targets)
+        if names == self._targets:
+            return
+        self._targets = names
+        keys = {(fqdn, wire.TYPE_SRV)}
+        for target in targets:
+            keys.add((target, wire.TYPE_A))
+            keys.add((target, wire.TYPE_AAAA))
+        self.hold(frozenset(keys))
+
+    def hold(self, keys: frozenset[tuple[str, int]]) -> None:
+        old = self._keys
+        if keys == old:
+            return
+        store = self._store
+        for key in keys - old:
+            store.pin(key)
+        for key in old - keys:
+            store.unpin(key)
+        self._keys = keys
+
+    def release(self) -> None:
+        self._targets = ()
+        self.hold(frozenset())
+
+
 class Resolver:
     """A caching, coalescing, stale-serving DNS resolver for service discovery.
 
@@ -121,6 +169,7 @@ class Resolver:
             ndots = system_ndots if ndots is None else ndots
         self.search: tuple[str, ...] = search_list(search)
         self.ndots = check_int(1 if ndots is None else ndots, "ndots", 0)
+        store = RecordStore(self.policy, clock)
         if transport is None:
             transport = SocketTransport(
                 parse_nameservers(nameservers),
@@ -128,6 +177,7 @@ class Resolver:
                 clock=clock,
                 max_socket_uses=check_int(max_socket_uses, "max_socket_uses", 1),
                 max_in_flight=check_int(max_in_flight, "max_in_flight", 1),
+                question_capacity=lambda: store.capacity,
             )
             self._owns_transport = True
             self._socket_transport: SocketTransport | None = transport
@@ -139,7 +189,7 @@ class Resolver:
         self._transport = transport
         self._counters = transport.counters
         self._tasks = TaskOwner("Resolver")
-        self._store = RecordStore(self.policy, clock)
+        self._store = store
         self._flights = Singleflight(self._counters, self._tasks.spawn, self._tasks.check_open)
         self._records = Records(
             self._store, transport, self._flights, self.policy, self._counters, clock
@@ -369,19 +419,23 @@ class Resolver:
             raise ValueError(f"watch supports SRV, A and AAAA records, not {rdtype!r}")
         known = self._name(name)  # a bad name fails here, before anything starts
         self._tasks.check_caller()
+        pins = _Pins(self._store)
+        srv_set = functools.partial(self._assembler.srv_set, refresh=True, pins=pins)
 
         async def refresh() -> EndpointSet:
             if qtype == wire.TYPE_SRV:
-                result = await self._search(
-                    known, lambda fqdn: self._assembler.srv_set(fqdn, refresh=True)
-                )
+                result = await self._search(known, srv_set)
                 known.srv = result
                 known.srv_until = self._clock() + self.policy.clamp_ttl(result.ttl)
                 return result
-            return await self._search(known, lambda fqdn: self._address_endpoints(fqdn, qtype))
+            result = await self._search(known, lambda fqdn: self._address_endpoints(fqdn, qtype))
+            pins.hold(frozenset({(result.name, qtype)}))
+            return result
 
         key = (known.candidates, qtype)
-        async with self._watches.subscribe(key, known.candidates[0], refresh) as updates:
+        async with self._watches.subscribe(
+            key, known.candidates[0], refresh, on_stop=pins.release
+        ) as updates:
             yield updates
 
     async def _address_endpoints(self, fqdn: str, qtype: int) -> EndpointSet:

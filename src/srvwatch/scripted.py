@@ -117,7 +117,7 @@ class ScriptedTransport:
     def attach(self, spawn: Callable[..., None]) -> None:
         """Nothing runs in the background here."""
 
-    async def query(self, qname: str, qtype: int) -> Reply:
+    async def query(self, qname: str, qtype: int, *, deadline: float | None = None) -> Reply:
         return await self.forward(wire.build_query(qname, qtype, 0))
 
     async def forward(self, query: bytes) -> Reply:

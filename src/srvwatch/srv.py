@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -27,6 +27,13 @@ __all__ = ["Assembler", "gather"]
 
 log = logging.getLogger(__name__)
 
+
+class Pins(Protocol):
+    """Told which store questions an SRV watch depends on (see ``resolver._Pins``)."""
+
+    def srv(self, fqdn: str, targets: Sequence[str]) -> None: ...
+
+
 AddressSet = tuple[tuple[str, ...], float, bool]
 """(addresses, ttl, stale) of one name."""
 
@@ -35,15 +42,21 @@ async def gather(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
     """Run ``calls`` concurrently; each result, or the ``Exception`` it raised, in order.
 
     Errors are returned, never raised as an ``ExceptionGroup``: the caller
-    decides which one a user sees. Cancellation still propagates.
+    decides which one a user sees. Cancellation still propagates. A DNS
+    error is returned without its traceback: kept, the traceback's frame
+    would hold ``results``, which holds the error, a reference cycle per
+    failed lookup (an AAAA NODATA on every refresh of a target) left to the
+    cyclic garbage collector.
     """
     results: list[Any] = [None] * len(calls)
 
     async def run(i: int) -> None:
         try:
             results[i] = await calls[i]()
+        except ResolveError as exc:
+            results[i] = exc.with_traceback(None)
         except Exception as exc:
-            results[i] = exc
+            results[i] = exc  # a bug: its traceback is worth a cycle
 
     if len(calls) == 1:
         await run(0)
@@ -66,10 +79,19 @@ class Assembler:
         """Follow a new policy from the next decision on (a sidecar reload)."""
         self._policy = policy
 
-    async def srv_set(self, fqdn: str, *, refresh: bool = False) -> EndpointSet:
+    async def srv_set(
+        self, fqdn: str, *, refresh: bool = False, pins: Pins | None = None
+    ) -> EndpointSet:
+        """The endpoint set of ``fqdn``; ``pins`` (a watch's) hears which questions it needs.
+
+        One-shot callers share a flight. A watch refresh (one loop per watched
+        name) needs none: its SRV query is shared below, in :class:`Records`.
+        """
+        if refresh:
+            return await self._build(fqdn, refresh, pins)
         return await self._records.flights.run(("srv", fqdn, refresh), self._build, fqdn, refresh)
 
-    async def _build(self, fqdn: str, refresh: bool) -> EndpointSet:
+    async def _build(self, fqdn: str, refresh: bool, pins: Pins | None = None) -> EndpointSet:
         entry, stale = await self._records.lookup(fqdn, wire.TYPE_SRV, refresh=refresh)
         answer = entry.answer
         assert type(answer) is Positive
@@ -82,22 +104,38 @@ class Assembler:
         view = entry.view
         if view is not None and view[0] is values and view[1] is answer.glue:
             # The same records and glue as last time (an unchanged refresh): no decoding,
-            # no sorting, and the same endpoint tuple, so watchers diff by identity.
-            endpoints: EndpointSet = view[2]
-            return endpoints.with_ttl(ttl, stale)
-        found = {target: canonical_addresses(glue) for target, glue in answer.glue.items()}
-        missing = list(dict.fromkeys(v[3] for v in values if v[3] != "." and v[3] not in found))
-        cap = self._policy.max_srv_targets
-        if len(missing) > cap:
-            log.warning(
-                "SRV %s: %d targets without glue; resolving the first %d (Policy.max_srv_targets)",
-                fqdn,
-                len(missing),
-                cap,
-            )
-            missing = missing[:cap]
-        if missing:
+            # no sorting, and, while the targets' addresses stay the same, the same
+            # endpoint set, so watchers diff by identity and nothing new is kept.
+            previous: EndpointSet = view[2]
+            glue_found, missing, addresses = view[3], view[4], view[5]
+            if not missing:
+                return previous.with_ttl(ttl, stale)
+            if pins is not None:
+                pins.srv(fqdn, missing)
+            found = dict(glue_found)
             ttl, stale = await self._expand(fqdn, missing, found, ttl, stale, refresh)
+            if tuple([found[target] for target in missing]) == addresses:
+                return previous.with_ttl(ttl, stale)
+        else:
+            glue_found = {target: canonical_addresses(glue) for target, glue in answer.glue.items()}
+            missing = list(
+                dict.fromkeys(v[3] for v in values if v[3] != "." and v[3] not in glue_found)
+            )
+            cap = self._policy.max_srv_targets
+            if len(missing) > cap:
+                log.warning(
+                    "SRV %s: %d targets without glue; resolving the first %d "
+                    "(Policy.max_srv_targets)",
+                    fqdn,
+                    len(missing),
+                    cap,
+                )
+                missing = missing[:cap]
+            if pins is not None:
+                pins.srv(fqdn, missing)
+            found = dict(glue_found)
+            if missing:
+                ttl, stale = await self._expand(fqdn, missing, found, ttl, stale, refresh)
         result = EndpointSet.from_wire(
             fqdn,
             [
@@ -108,8 +146,8 @@ class Assembler:
             ttl=ttl,
             stale=stale,
         )
-        if not missing:
-            entry.view = (values, answer.glue, result)
+        addresses = tuple([found[target] for target in missing])
+        entry.view = (values, answer.glue, result, glue_found, missing, addresses)
         return result
 
     async def _expand(
@@ -149,14 +187,28 @@ class Assembler:
         asks only for expired ones, never serving stale ones: each target is
         refreshed on its own TTL, not on every refresh of the SRV set.
         """
-        lookup = self._records.lookup
+        records = self._records
         stale_ok = not refresh
-        results = await gather(
-            [
-                lambda: lookup(fqdn, wire.TYPE_A, stale_ok=stale_ok),
-                lambda: lookup(fqdn, wire.TYPE_AAAA, stale_ok=stale_ok),
-            ]
-        )
+        results: list[Any] = []
+        missing: list[int] = []
+        for qtype in (wire.TYPE_A, wire.TYPE_AAAA):
+            hit: Any
+            try:
+                hit = records.cached(fqdn, qtype, stale_ok=stale_ok)
+            except ResolveError as exc:
+                hit = exc.with_traceback(None)  # its frame holds `results`: no cycle
+            results.append(hit)
+            if hit is None:
+                missing.append(qtype)
+        if missing:  # only then concurrent lookups (tasks): a cached target costs none
+            fetched = await gather(
+                [
+                    functools.partial(records.fetch, fqdn, qtype, stale_ok=stale_ok)
+                    for qtype in missing
+                ]
+            )
+            for qtype, result in zip(missing, fetched, strict=True):
+                results[0 if qtype == wire.TYPE_A else 1] = result
         found: list[str] = []
         ttl = math.inf
         stale = False

@@ -18,7 +18,7 @@ import os
 import socket
 import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -76,8 +76,14 @@ class Transport(Protocol):
         """Give the transport a way to start background tasks (its orphan sweeper)."""
         ...
 
-    async def query(self, qname: str, qtype: int) -> Reply:
-        """Ask ``qname``/``qtype`` (canonical absolute name) with RD and EDNS(0) set."""
+    async def query(self, qname: str, qtype: int, *, deadline: float | None = None) -> Reply:
+        """Ask ``qname``/``qtype`` (canonical absolute name) with RD and EDNS(0) set.
+
+        ``deadline`` (on the transport's clock) is a caller's own: the lookup,
+        its wait for a query slot included, ends by then. Without one, the
+        wait for a slot is not bounded (cancellation still ends it) and the
+        lifetime starts with the first attempt.
+        """
         ...
 
     async def forward(self, query: bytes) -> Reply:
@@ -128,7 +134,7 @@ class _Orphan:
 class _Query:
     """One query as sent, with ID 0, and the question its reply must echo."""
 
-    __slots__ = ("asked", "last", "plain", "qclass", "qname", "qtype", "same_spans", "template")
+    __slots__ = ("_plain", "asked", "last", "qclass", "qname", "qtype", "same_spans", "template")
 
     def __init__(self, template: bytes, plain: bytes | None = None) -> None:
         self.template = b"\x00\x00" + template[2:]
@@ -139,12 +145,24 @@ class _Query:
         self.qtype = msg.qtype
         self.qclass = msg.qclass
         self.asked = wire.question_of(self.template)
-        self.plain = None if plain is None else _Query(plain)
-        """The same question without EDNS, for a server that answers FORMERR to OPT."""
+        self._plain: _Query | bytes | None = plain
+        """The same question without EDNS: its bytes until a server answers FORMERR to OPT."""
         self.last: tuple[bytes, wire.Message] | None = None
         """The last reply that answered this query, parsed."""
         self.same_spans: tuple[tuple[int, int], ...] = ()
         """The byte ranges of ``last`` outside its ID and TTL fields."""
+
+    @property
+    def plain(self) -> _Query | None:
+        """The same question without EDNS, for a server that answers FORMERR to OPT.
+
+        Prepared on first use: few servers need it, and every remembered question would
+        otherwise carry a second parsed query.
+        """
+        plain = self._plain
+        if isinstance(plain, bytes):
+            plain = self._plain = _Query(plain)
+        return plain
 
     def remember(self, data: bytes, msg: wire.Message) -> None:
         offsets = sorted(rr.ttl_offset for rr in (*msg.answers, *msg.authority, *msg.additional))
@@ -185,9 +203,13 @@ class SocketTransport:
         *,
         clock: Clock = time.monotonic,
         max_socket_uses: int = 64,
-        max_idle_sockets: int = 16,
+        max_idle_sockets: int | None = None,
         max_in_flight: int = 256,
+        question_capacity: Callable[[], int] | None = None,
     ) -> None:
+        """``question_capacity``: how many questions' query bytes and last replies to keep
+        (least recently asked dropped first), a callable so it can follow the record store's
+        capacity, which grows with the questions watches depend on."""
         if not nameservers:
             raise ValueError("at least one nameserver is required")
         if max_socket_uses < 1:
@@ -201,9 +223,12 @@ class SocketTransport:
         self._policy = policy
         self._clock = clock
         self._max_uses = max_socket_uses
-        self._max_idle = max_idle_sockets
+        # Idle sockets wait for the next query: as many as may be in flight at once, so a
+        # burst of refreshes does not close sockets only to open new ones the next second.
+        self._max_idle = max_in_flight if max_idle_sockets is None else max_idle_sockets
         self._idle: dict[Nameserver, list[_UdpSocket]] = {ns: [] for ns in self.nameservers}
-        self._queries: dict[tuple[str, int], _Query] = {}
+        self._queries: OrderedDict[tuple[str, int], _Query] = OrderedDict()
+        self._question_capacity = question_capacity or (lambda: _QUERY_CACHE_SIZE)
         self._orphans: dict[tuple[Nameserver, bytes], _Orphan] = {}
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -229,23 +254,32 @@ class SocketTransport:
 
     # -- public -------------------------------------------------------------------
 
-    async def query(self, qname: str, qtype: int) -> Reply:
-        """One lookup of a (canonical name, type), with the query bytes built once per pair."""
-        deadline = self._clock() + self._policy.lifetime
-        query = self._queries.get((qname, qtype))
+    async def query(self, qname: str, qtype: int, *, deadline: float | None = None) -> Reply:
+        """One lookup of a (canonical name, type), with the query bytes built once per pair.
+
+        A lookup queued for a query slot has not started: without a caller's
+        ``deadline`` it waits as long as it takes, and its lifetime starts
+        with the slot (see :meth:`Transport.query`).
+        """
+        queries = self._queries
+        question = (qname, qtype)
+        query = queries.get(question)
         if query is None:
             query = _Query(
                 wire.build_query(qname, qtype, 0),
                 wire.build_query(qname, qtype, 0, edns_payload=None),
             )
-            if len(self._queries) >= _QUERY_CACHE_SIZE:
-                self._queries.clear()
-            self._queries[qname, qtype] = query
+            queries[question] = query
+            if len(queries) > self._question_capacity():
+                del queries[next(iter(queries))]
+        else:
+            queries.move_to_end(question)
         if self._closed:
             raise RuntimeError("transport is closed")
         await self._take_slot(query, deadline)  # inlined _bounded: one coroutine less
         try:
-            return await self._exchange(query, deadline)
+            lifetime = self._clock() + self._policy.lifetime
+            return await self._exchange(query, lifetime if deadline is None else deadline)
         finally:
             self._give_slot()
 
@@ -263,8 +297,8 @@ class SocketTransport:
         finally:
             self._give_slot()
 
-    async def _take_slot(self, query: _Query, deadline: float) -> None:
-        """A slot among ``max_in_flight``, first come first served, within the lookup's lifetime.
+    async def _take_slot(self, query: _Query, deadline: float | None) -> None:
+        """A slot among ``max_in_flight``, first come first served, by ``deadline`` if one is set.
 
         The bound keeps thousands of watches starting at once from opening
         thousands of sockets (and running out of descriptors).
@@ -275,8 +309,11 @@ class SocketTransport:
         event = anyio.Event()
         self._slot_waiters.append(event)
         try:
-            with anyio.move_on_after(deadline - self._clock()):
+            if deadline is None:
                 await event.wait()
+            else:
+                with anyio.move_on_after(deadline - self._clock()):
+                    await event.wait()
         except BaseException:
             self._abandon_slot(event)
             raise

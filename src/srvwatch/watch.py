@@ -27,11 +27,14 @@ from .health import Health
 from .metrics import Counters
 from .policy import Policy
 
-__all__ = ["Step", "Updates", "WatchLoop", "WatchState", "Watches"]
+__all__ = ["Step", "Ticker", "Updates", "WatchLoop", "WatchState", "Watches"]
 
 log = logging.getLogger(__name__)
 
 Refresh = Callable[[], Awaitable[EndpointSet]]
+_STALE_TICK = 0.05
+"""The stale timer wakes at most this often: a flag comes up to this late, and thousands of
+refreshes a second re-arm deadlines without one wake-up each."""
 Spawn = Callable[..., None]
 
 
@@ -123,8 +126,11 @@ class WatchState:
 
     def _publish(self, endpoints: EndpointSet, stale: bool, error: str | None) -> bool:
         endpoints = endpoints.with_stale(stale)
-        if self.current is not None and not changed(self.current, endpoints):
-            self.current = endpoints  # keep the newest TTL without telling anyone
+        current = self.current
+        if current is not None and not changed(current, endpoints):
+            # Keep the newest TTL without telling anyone, on the endpoints already held:
+            # nothing new is kept for the garbage collector until the next refresh.
+            self.current = current.with_ttl(endpoints.ttl, stale)
             return False
         self.version += 1
         self.current = endpoints
@@ -149,9 +155,11 @@ class WatchLoop:
         counters: Counters,
         clock: Clock,
         watches: Watches | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.state = WatchState(name, policy)
         self._refresh = refresh
+        self._on_stop = on_stop
         self._counters = counters
         self._clock = clock
         self._watches = watches
@@ -181,11 +189,22 @@ class WatchLoop:
         self._counters.loops_started += 1
         try:
             with self.scope:
+                watches = self._watches
+                state, health = self.state, watches.health if watches is not None else None
+                sleep = watches.ticker.sleep if watches is not None else anyio.sleep
                 while True:
-                    await self._wait(await self._next())
+                    delay = await self._next()
+                    if health is None or not state.failures or health.any_up:
+                        await sleep(delay)
+                    else:
+                        await self._wait_for_upstream(health, delay)
         finally:
             self.finished = True
             self._counters.loops_stopped += 1
+            if self._watches is not None and self._watches.health is not None:
+                self._watches.health.resign(self)
+            if self._on_stop is not None:
+                self._on_stop()
             for subscriber in list(self.subscribers):
                 subscriber.wake()
 
@@ -202,26 +221,48 @@ class WatchLoop:
             log.error("watch %s: unexpected error in refresh", state.name, exc_info=outcome)
         return state.on_failure(error, now)
 
-    async def _wait(self, delay: float) -> None:
-        """Sleep until the next refresh; while the upstream is down, wake on its recovery.
+    async def _wait_for_upstream(self, health: Health, delay: float) -> None:
+        """Every upstream is down: wait for the recovery instead of the next refresh.
 
-        A recovery then releases this loop after ``min_ttl * U(0, 1)``: every
-        waiting loop comes back within one floor, spread out, instead of all
-        at once (or each only after its whole backoff).
+        A loop does not poll a dead upstream: one waiting loop carries the
+        probes, the others wait (see :meth:`Health.wait_turn`) until an
+        upstream answers, until their data expires (the refresh then fails
+        at once and flags it stale, as before), or until their endpoints
+        leave the stale window and must be dropped. A recovery
+        releases each loop after ``min_ttl * U(0, 1)``: every waiting loop
+        comes back within one floor, spread out, instead of all at once.
         """
-        health = self._watches.health if self._watches is not None else None
-        if health is None or not self.state.failures or health.any_up:
-            await anyio.sleep(delay)
-            return
-        with anyio.move_on_after(delay) as scope:
-            await health.wait_recovered()
-        if not scope.cancelled_caught:
-            await anyio.sleep(self.state.policy.min_ttl * self.state.policy.draw())
+        state = self.state
+        limit = math.inf
+        if state.current is not None and state.current.endpoints:
+            now = self._clock()
+            if not state.stale and now < state.good_until:
+                # Still fresh: look again at expiry, as a failing loop did, so the stale
+                # flag comes then (one fast failure per name per outage), not later.
+                limit = state.good_until - now
+            else:
+                limit = max(state.good_until + state.policy.stale_ttl - now, delay)
+        if await health.wait_turn(self, limit):
+            await anyio.sleep(state.policy.min_ttl * state.policy.draw())
 
-    def publish_overdue(self) -> None:
-        """Called by the registry's stale timer: say stale now if the answer is overdue."""
-        if self.state.on_overdue(self._clock()):
+    def publish_overdue(self, now: float) -> float | None:
+        """Called by the registry's stale timer: say stale now if the answer is overdue.
+
+        Not while the upstream is answering others since this name's data
+        expired: then the refresh is only late (queued behind others, or the
+        process busy), and a stale flag would flap off with its answer. The
+        returned time is when to look again; the refresh's own failure says
+        stale at once if it fails.
+        """
+        state = self.state
+        if not state.overdue(now):
+            return None
+        health = self._watches.health if self._watches is not None else None
+        if health is not None and health.answered_since(state.good_until):
+            return now + state.policy.stale_after
+        if state.on_overdue(now):
             self._notify()
+        return None
 
     def _notify(self) -> None:
         self._counters.updates_emitted += 1
@@ -232,6 +273,10 @@ class WatchLoop:
         """One refresh, its outcome published; returns how long to sleep before the next."""
         try:
             outcome: EndpointSet | BaseException = await self._refresh()
+        except ResolveError as exc:
+            # Without its traceback, whose frames include this one: no reference cycle
+            # (and no work for the cyclic GC) per failed refresh.
+            outcome = exc.with_traceback(None)
         except Exception as exc:
             outcome = exc
         try:
@@ -245,6 +290,69 @@ class WatchLoop:
         if self._watches is not None and not self.state.failures:
             self._watches.expect_answer_by(self, self.state.good_until)
         return step.delay
+
+
+class Ticker:
+    """Shared wake-ups for sleeping watch loops: loops due in the same tick wait on one event.
+
+    Each of 10,000 loops sleeping on a timer of its own costs the event loop a
+    timer, a future and a timer-heap entry per refresh (asyncio compares its
+    timers in Python), and leaves them to the garbage collector for the whole
+    sleep. Grouped by tick, loops wait on one event per tick, and one task
+    sleeps until the next tick that has waiters. Times are the event loop's
+    (``anyio.current_time``), like ``anyio.sleep``: a loop wakes at most one
+    tick late, which no refresh schedule (jittered by seconds) notices.
+    """
+
+    def __init__(self, spawn: Spawn, tick: float = 0.01) -> None:
+        self._spawn = spawn
+        self._tick = tick
+        self._events: dict[int, anyio.Event] = {}
+        self._ticks: list[int] = []
+        self._running = False
+        self._wake: anyio.Event | None = None
+        self._sleeping_until = math.inf
+
+    def sleep(self, delay: float) -> Awaitable[None]:
+        """Sleep ``delay`` seconds (up to one tick more); a checkpoint, cancellable as any.
+
+        Not a coroutine itself: the event's wait is what is awaited, one frame less
+        kept alive through every sleep.
+        """
+        tick = math.ceil((anyio.current_time() + max(delay, 0.0)) / self._tick)
+        event = self._events.get(tick)
+        if event is None:
+            event = self._events[tick] = anyio.Event()
+            heapq.heappush(self._ticks, tick)
+            if not self._running:
+                self._running = True
+                self._spawn(self._run)
+            elif self._wake is not None and tick * self._tick < self._sleeping_until:
+                self._wake.set()
+        return event.wait()
+
+    async def _run(self) -> None:
+        ticks, events, size = self._ticks, self._events, self._tick
+        try:
+            while ticks:
+                now = anyio.current_time()
+                while ticks and ticks[0] * size <= now:
+                    events.pop(heapq.heappop(ticks)).set()
+                if not ticks:
+                    break
+                self._sleeping_until = ticks[0] * size
+                self._wake = anyio.Event()
+                with anyio.move_on_after(self._sleeping_until - now):
+                    await self._wake.wait()
+                self._wake = None
+        finally:
+            self._running = False
+            self._wake = None
+            self._sleeping_until = math.inf
+            for event in events.values():  # the owner is closing: let no sleeper hang
+                event.set()
+            events.clear()
+            ticks.clear()
 
 
 class Updates:
@@ -326,7 +434,9 @@ class Watches:
         self._stopped_in_deadlines = 0
         self._sequence = 0
         self._timer_running = False
+        self.ticker = Ticker(spawn)
         self._timer_wake: anyio.Event | None = None
+        self._timer_until = math.inf
 
     def use_policy(self, policy: Policy) -> None:
         """Follow a new policy from each loop's next decision on (a sidecar reload)."""
@@ -341,29 +451,43 @@ class Watches:
         ``stale_after`` whatever the refresh is waiting on (a slow upstream,
         a queue of lookups), never only after the whole lookup lifetime.
         """
-        due = good_until + self._policy.stale_after
+        self._arm(good_until + self._policy.stale_after, loop)
+
+    def _arm(self, due: float, loop: WatchLoop) -> None:
         self._sequence += 1
         heapq.heappush(self._deadlines, (due, self._sequence, loop))
         if not self._timer_running:
             self._timer_running = True
             self._spawn(self._stale_timer)
-        elif self._timer_wake is not None and self._deadlines[0][2] is loop:
+        elif self._timer_wake is not None and due + _STALE_TICK < self._timer_until:
             self._timer_wake.set()  # an earlier deadline than the one being slept on
 
     async def _stale_timer(self) -> None:
+        """Pop due deadlines; sleep till the next, at least a tick (not one wake per refresh)."""
         deadlines = self._deadlines
+        clock = self._clock
         try:
             while deadlines:
-                wait = deadlines[0][0] - self._clock()
-                if wait > 0:
-                    self._timer_wake = anyio.Event()
-                    with anyio.move_on_after(wait):
-                        await self._timer_wake.wait()
-                    self._timer_wake = None
-                    continue
-                _, _, loop = heapq.heappop(deadlines)
-                if not loop.finished:
-                    loop.publish_overdue()
+                now = clock()
+                while deadlines and deadlines[0][0] <= now:
+                    _, _, loop = heapq.heappop(deadlines)
+                    if not loop.finished:
+                        again = loop.publish_overdue(now)
+                        if again is not None:
+                            self._sequence += 1
+                            heapq.heappush(deadlines, (again, self._sequence, loop))
+                if not deadlines:
+                    break
+                self._timer_until = max(deadlines[0][0], now + _STALE_TICK)
+                self._timer_wake = anyio.Event()
+                with anyio.move_on_after(self._timer_until - now):
+                    await self._timer_wake.wait()
+                self._timer_wake = None
+                if clock() - self._timer_until > _STALE_TICK:
+                    # Woke late: the process was stalled (a long GC pause, a blocking call).
+                    # The refreshes due meanwhile go out and queued answers are read first,
+                    # or every name due in the stall would be flagged stale, then fresh.
+                    await anyio.sleep(_STALE_TICK)
         finally:
             self._timer_running = False
             self._timer_wake = None
@@ -379,10 +503,19 @@ class Watches:
         return sorted({loop.name for loop in self._loops.values() if not loop.answered})
 
     @asynccontextmanager
-    async def subscribe(self, key: Hashable, name: str, refresh: Refresh) -> AsyncIterator[Updates]:
+    async def subscribe(
+        self,
+        key: Hashable,
+        name: str,
+        refresh: Refresh,
+        on_stop: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Updates]:
+        """Subscribe to ``key``'s loop, started with ``refresh`` (and ``on_stop``) if new."""
         loop = self._loops.get(key)
         if loop is None:
-            loop = WatchLoop(name, refresh, self._policy, self._counters, self._clock, self)
+            loop = WatchLoop(
+                name, refresh, self._policy, self._counters, self._clock, self, on_stop
+            )
             self._loops[key] = loop
             self._spawn(self._run_loop, key, loop)
         updates = Updates(loop)
