@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -307,29 +307,41 @@ class Ticker:
     def __init__(self, spawn: Spawn, tick: float = 0.01) -> None:
         self._spawn = spawn
         self._tick = tick
-        self._events: dict[int, anyio.Event] = {}
+        self._events: dict[int, list[Any]] = {}
+        """Tick -> [its event, the loops sleeping on it]."""
         self._ticks: list[int] = []
         self._running = False
         self._wake: anyio.Event | None = None
         self._sleeping_until = math.inf
 
-    def sleep(self, delay: float) -> Awaitable[None]:
+    async def sleep(self, delay: float) -> None:
         """Sleep ``delay`` seconds (up to one tick more); a checkpoint, cancellable as any.
 
-        Not a coroutine itself: the event's wait is what is awaited, one frame less
-        kept alive through every sleep.
+        A tick whose last sleeper is cancelled (a watch closed mid-sleep) is
+        dropped at once: with long TTLs and watches opened and closed at a high
+        rate, waiting for the tick to come would hold memory for minutes.
         """
         tick = math.ceil((anyio.current_time() + max(delay, 0.0)) / self._tick)
-        event = self._events.get(tick)
-        if event is None:
-            event = self._events[tick] = anyio.Event()
+        entry = self._events.get(tick)
+        if entry is None:
+            entry = self._events[tick] = [anyio.Event(), 0]
             heapq.heappush(self._ticks, tick)
             if not self._running:
                 self._running = True
                 self._spawn(self._run)
             elif self._wake is not None and tick * self._tick < self._sleeping_until:
                 self._wake.set()
-        return event.wait()
+        event: anyio.Event = entry[0]
+        entry[1] += 1
+        try:
+            await event.wait()
+        finally:
+            entry[1] -= 1
+            if not entry[1] and not event.is_set() and self._events.get(tick) is entry:
+                del self._events[tick]
+                if len(self._ticks) > 2 * len(self._events) + 64:  # mostly dropped ticks
+                    self._ticks[:] = list(self._events)
+                    heapq.heapify(self._ticks)
 
     async def _run(self) -> None:
         ticks, events, size = self._ticks, self._events, self._tick
@@ -337,7 +349,9 @@ class Ticker:
             while ticks:
                 now = anyio.current_time()
                 while ticks and ticks[0] * size <= now:
-                    events.pop(heapq.heappop(ticks)).set()
+                    entry = events.pop(heapq.heappop(ticks), None)
+                    if entry is not None:  # None: its sleepers were all cancelled
+                        entry[0].set()
                 if not ticks:
                     break
                 self._sleeping_until = ticks[0] * size
@@ -349,8 +363,8 @@ class Ticker:
             self._running = False
             self._wake = None
             self._sleeping_until = math.inf
-            for event in events.values():  # the owner is closing: let no sleeper hang
-                event.set()
+            for entry in events.values():  # the owner is closing: let no sleeper hang
+                entry[0].set()
             events.clear()
             ticks.clear()
 
