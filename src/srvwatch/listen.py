@@ -153,10 +153,6 @@ class DnsListener(CountedServer):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    @property
-    def address(self) -> str:
-        return format_hostport(self.host, self.port)
-
     def __repr__(self) -> str:
         state = "serving" if self._tg is not None else "closed"
         return (

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 
+from .address import format_hostport
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CountedServer"]
@@ -31,6 +33,8 @@ class CountedServer:
     """
 
     name: str
+    host: str
+    port: int
     max_connections: int
 
     def __init__(self) -> None:
@@ -56,6 +60,11 @@ class CountedServer:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` bound (the real port once started, when 0 was asked for)."""
+        return format_hostport(self.host, self.port)
 
     @property
     def serving(self) -> bool:

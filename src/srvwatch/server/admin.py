@@ -39,7 +39,7 @@ import anyio
 import anyio.abc
 import h11
 
-from ..address import ListenAddress, format_hostport
+from ..address import ListenAddress
 from ..endpoints import Update
 from ..serving import CountedServer
 from .outputs import update_document
@@ -212,11 +212,6 @@ class AdminServer(CountedServer):
         self.sse_opened = self.sse_closed = self.sse_events = self.sse_keepalives = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def address(self) -> str:
-        """``host:port`` bound (the real port once started, when 0 was asked for)."""
-        return format_hostport(self.host, self.port)
 
     def __repr__(self) -> str:
         state = "serving" if self._tg is not None else "closed"
