@@ -9,6 +9,7 @@ thousands of loops polling a dead upstream.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 import types
@@ -256,3 +257,18 @@ async def test_a_stalled_process_does_not_flap_stale_while_upstream_answers(
     stale = [u for ups in seen.values() for u in ups if u.stale]
     assert not stale, (len(stale), stale[0].error)
     assert all(len(seen[i]) == 1 for i in range(names))
+
+
+async def test_closing_the_last_watch_unpins_its_answers_at_once() -> None:
+    """The pins are released when the last watcher leaves, not when the loop's task next runs:
+    right after the watches close, the LRU bound holds (it failed on trio in CI, the
+    loops' tasks not yet resumed)."""
+    policy = srvwatch.Policy(cache_size=1)
+    async with ZoneServer(glue_zone()) as server:
+        async with srvwatch.Resolver([server.address], policy=policy) as r:
+            async with contextlib.AsyncExitStack() as stack:
+                for i in range(5):
+                    updates = await stack.enter_async_context(r.watch(f"_s{i}._tcp.svc.test."))
+                    await updates.__anext__()
+                assert r.stats()["cache_entries"] == 5  # pinned, beyond the bound of 1
+            assert r.stats()["cache_entries"] <= policy.cache_size

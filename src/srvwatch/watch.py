@@ -183,7 +183,12 @@ class WatchLoop:
         )
 
     def stop(self) -> None:
+        """Cancel the loop, and run ``on_stop`` now: what it releases (the store's pins)
+        is released when the last watcher leaves, not when the loop's task next runs.
+        ``run`` runs it again as it ends, for anything a refresh took meanwhile."""
         self.scope.cancel()
+        if self._on_stop is not None:
+            self._on_stop()
 
     async def run(self) -> None:
         self._counters.loops_started += 1
@@ -524,7 +529,11 @@ class Watches:
         refresh: Refresh,
         on_stop: Callable[[], None] | None = None,
     ) -> AsyncIterator[Updates]:
-        """Subscribe to ``key``'s loop, started with ``refresh`` (and ``on_stop``) if new."""
+        """Subscribe to ``key``'s loop, started with ``refresh`` (and ``on_stop``) if new.
+
+        ``on_stop`` runs when the last subscriber leaves and again as the loop ends: it
+        must be idempotent.
+        """
         loop = self._loops.get(key)
         if loop is None:
             loop = WatchLoop(
