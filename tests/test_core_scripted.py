@@ -7,6 +7,7 @@ demand and move time by hand. Real-server tests cover the network.
 
 from __future__ import annotations
 
+import math
 import random
 
 import anyio
@@ -266,3 +267,62 @@ def test_attempts_in_flight_when_an_upstream_goes_down_do_not_push_its_probes_ba
     assert upstream.next_probe - clock.now <= 2.0
     health.failed(0, "connection refused")  # not a probe: the schedule stands
     assert upstream.failures == 2
+
+
+async def _park_on(health: Health, count: int, returned: list[int]) -> None:
+    """``count`` waiters on ``health``'s dead upstream, each noting when wait_turn returns."""
+
+    async def wait(i: int) -> None:
+        assert await health.wait_turn(i, math.inf)  # each returns for the recovery
+        returned.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(wait, i)
+
+
+async def test_a_recovery_releases_parked_waiters_a_slice_at_a_time() -> None:
+    """201 loops on a dead upstream, one carrying the probes, 200 parked; a 0.5 s floor.
+    Woken together, 10,000 loops stalled the process for a second and reached the
+    recovering server at 2.7x their steady rate. Released at an even rate over the floor,
+    in random order: about a fifth per 0.1 s, every one within the floor."""
+    policy = srvwatch.Policy(min_ttl=0.5, max_ttl=0.5, rng=random.Random(3))
+    health = Health((parse_nameserver("192.0.2.1"),), policy, FakeClock())
+    health.failed(0, "connection refused")  # down; its probe is never due on the fake clock
+    returned: list[int] = []
+    async with anyio.create_task_group() as tg:
+        health.attach(tg.start_soon)
+        tg.start_soon(_park_on, health, 201, returned)
+        await anyio.wait_all_tasks_blocked()
+        assert health.parked == 200
+        health.succeeded(0)
+        await anyio.sleep(0.1)
+        early = len(returned)
+        await anyio.sleep(0.55)
+        assert len(returned) == 201
+    assert 1 + 200 * 0.1 / 0.5 * 0.5 <= early <= 1 + 200 * 0.1 / 0.5 * 1.6, early
+    assert health.parked == 0
+    assert returned[1:] != sorted(returned[1:])  # not in the order they parked
+
+
+async def test_parked_waiters_stay_parked_when_the_upstream_fails_again_mid_release() -> None:
+    policy = srvwatch.Policy(min_ttl=0.5, max_ttl=0.5, rng=random.Random(4))
+    health = Health((parse_nameserver("192.0.2.1"),), policy, FakeClock())
+    health.failed(0, "connection refused")
+    returned: list[int] = []
+    async with anyio.create_task_group() as tg:
+        health.attach(tg.start_soon)
+        tg.start_soon(_park_on, health, 101, returned)
+        await anyio.wait_all_tasks_blocked()
+        health.succeeded(0)
+        await anyio.sleep(0.1)
+        health.failed(0, "connection refused")  # down again: the release stops
+        await anyio.sleep(0.05)
+        halted = len(returned)
+        await anyio.sleep(0.5)
+        assert len(returned) == halted < 101
+        assert health.parked == 101 - halted
+        health.succeeded(0)  # the next recovery releases the rest
+        await anyio.sleep(0.65)
+        assert len(returned) == 101
+    assert health.parked == 0

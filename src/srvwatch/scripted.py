@@ -115,7 +115,8 @@ class ScriptedTransport:
     # -- the Transport interface -------------------------------------------------------
 
     def attach(self, spawn: Callable[..., None]) -> None:
-        """Nothing runs in the background here."""
+        """Only the health record's release after a recovery runs in the background here."""
+        self.health.attach(spawn)
 
     async def query(self, qname: str, qtype: int, *, deadline: float | None = None) -> Reply:
         return await self.forward(wire.build_query(qname, qtype, 0))

@@ -73,7 +73,8 @@ class Transport(Protocol):
     health: Health
 
     def attach(self, spawn: Spawn) -> None:
-        """Give the transport a way to start background tasks (its orphan sweeper)."""
+        """Give the transport a way to start background tasks (its orphan sweeper, and
+        its health record's release of parked waiters after a recovery)."""
         ...
 
     async def query(self, qname: str, qtype: int, *, deadline: float | None = None) -> Reply:
@@ -245,6 +246,7 @@ class SocketTransport:
 
     def attach(self, spawn: Spawn) -> None:
         self._spawn = spawn
+        self.health.attach(spawn)
 
     def __repr__(self) -> str:
         servers = ", ".join(map(str, self.nameservers))

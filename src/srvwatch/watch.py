@@ -234,8 +234,8 @@ class WatchLoop:
         upstream answers, until their data expires (the refresh then fails
         at once and flags it stale, as before), or until their endpoints
         leave the stale window and must be dropped. A recovery
-        releases each loop after ``min_ttl * U(0, 1)``: every waiting loop
-        comes back within one floor, spread out, instead of all at once.
+        releases the waiting loops a slice at a time over one floor, each
+        refreshing when released: spread out, instead of all at once.
         """
         state = self.state
         limit = math.inf
@@ -247,8 +247,7 @@ class WatchLoop:
                 limit = state.good_until - now
             else:
                 limit = max(state.good_until + state.policy.stale_ttl - now, delay)
-        if await health.wait_turn(self, limit):
-            await anyio.sleep(state.policy.min_ttl * state.policy.draw())
+        await health.wait_turn(self, limit)
 
     def publish_overdue(self, now: float) -> float | None:
         """Called by the registry's stale timer: say stale now if the answer is overdue.
