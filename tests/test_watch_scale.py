@@ -20,6 +20,7 @@ import pytest
 
 import srvwatch
 from srvwatch.testing import Fault, ZoneServer
+from srvwatch.watch import Ticker
 from tests.dns_servers import KnotFactory
 
 pytestmark = pytest.mark.anyio
@@ -272,3 +273,28 @@ async def test_closing_the_last_watch_unpins_its_answers_at_once() -> None:
                     await updates.__anext__()
                 assert r.stats()["cache_entries"] == 5  # pinned, beyond the bound of 1
             assert r.stats()["cache_entries"] <= policy.cache_size
+
+
+async def test_after_a_stall_the_shared_wake_ups_catch_up_gradually() -> None:
+    """200 loops due every 5 ms, then the process stalls for 0.5 s (a gen-2 GC pause took
+    0.8 s at 10,000 watches). The 100 loops due meanwhile were released together, a burst
+    of twice the steady rate at the server; now they catch up at 1.5x the real rate."""
+    woke: list[float] = []
+
+    async def sleeper(delay: float) -> None:
+        await ticker.sleep(delay)
+        woke.append(time.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        ticker = Ticker(tg.start_soon)
+        for i in range(200):
+            tg.start_soon(sleeper, 0.1 + i * 0.005)
+        await anyio.wait_all_tasks_blocked()
+        start = time.monotonic()
+        await anyio.sleep(0.1)
+        time.sleep(0.5)  # noqa: ASYNC251  (the stall: nothing runs)
+        resumed = time.monotonic()
+    burst = sum(1 for t in woke if 0 <= t - resumed <= 0.05)
+    assert len(woke) == 200
+    assert burst <= 30, burst  # 110 when released at once; 1.5x catch-up: ~17
+    assert max(woke) - start <= 0.1 + 1.0 + 2 * 0.5 + 0.3  # late by at most ~2x the stall

@@ -35,6 +35,10 @@ Refresh = Callable[[], Awaitable[EndpointSet]]
 _STALE_TICK = 0.05
 """The stale timer wakes at most this often: a flag comes up to this late, and thousands of
 refreshes a second re-arm deadlines without one wake-up each."""
+_STALL_TICKS = 3
+"""A wake-up this many ticks late means the process stalled: the ticker catches up gradually."""
+_CATCH_UP = 1.5
+"""After a stall, the ticker releases the ticks it missed at this many times the real rate."""
 Spawn = Callable[..., None]
 
 
@@ -348,19 +352,42 @@ class Ticker:
                     heapq.heapify(self._ticks)
 
     async def _run(self) -> None:
+        """Set each tick's event when its time comes; after a stall, catch up gradually.
+
+        Woken late (a long GC pause, a blocking call, a CPU quota throttling
+        the container), the ticks due during the stall are released at
+        ``_CATCH_UP`` times the real rate, not at once: a 0.8 s pause at
+        10,000 watches released 1,700 refreshes together, twice the steady
+        rate at the server for a second. They go out late by at most about
+        twice the stall, well within the refresh jitter and the stale window.
+        """
         ticks, events, size = self._ticks, self._events, self._tick
+        now = anyio.current_time()
+        last = intended = now
+        cursor: float | None = None
+        """While catching up: ticks up to here are released; None when not behind."""
         try:
             while ticks:
                 now = anyio.current_time()
-                while ticks and ticks[0] * size <= now:
+                if cursor is not None:
+                    # Real time since the last wake, any new stall left out.
+                    cursor += min(now - last, intended - last + size) * _CATCH_UP
+                elif now - intended > _STALL_TICKS * size:
+                    cursor = intended + size  # the stall: from what was due when it began
+                if cursor is not None and cursor >= now:
+                    cursor = None
+                limit = now if cursor is None else cursor
+                while ticks and ticks[0] * size <= limit:
                     entry = events.pop(heapq.heappop(ticks), None)
                     if entry is not None:  # None: its sleepers were all cancelled
                         entry[0].set()
+                last = now
                 if not ticks:
                     break
-                self._sleeping_until = ticks[0] * size
+                intended = ticks[0] * size if cursor is None else now + size
+                self._sleeping_until = intended
                 self._wake = anyio.Event()
-                with anyio.move_on_after(self._sleeping_until - now):
+                with anyio.move_on_after(intended - now):
                     await self._wake.wait()
                 self._wake = None
         finally:
