@@ -351,6 +351,17 @@ class Ticker:
                     self._ticks[:] = list(self._events)
                     heapq.heapify(self._ticks)
 
+    def _release_until(self, limit: float) -> bool:
+        """Set the events of the ticks due by ``limit``; whether any had a sleeper."""
+        ticks, events, size = self._ticks, self._events, self._tick
+        released = False
+        while ticks and ticks[0] * size <= limit:
+            entry = events.pop(heapq.heappop(ticks), None)
+            if entry is not None:  # None: its sleepers were all cancelled
+                entry[0].set()
+                released = True
+        return released
+
     async def _run(self) -> None:
         """Set each tick's event when its time comes; after a stall, catch up gradually.
 
@@ -359,9 +370,12 @@ class Ticker:
         ``_CATCH_UP`` times the real rate, not at once: a 0.8 s pause at
         10,000 watches released 1,700 refreshes together, twice the steady
         rate at the server for a second. They go out late by at most about
-        twice the stall, well within the refresh jitter and the stale window.
+        twice the stall, well within the refresh jitter. Empty time is
+        skipped: each wake-up releases at least the next tick that has
+        sleepers, so a few loops catch up at once and the upstream is heard
+        from at once (the stale timer, late too, waits for that).
         """
-        ticks, events, size = self._ticks, self._events, self._tick
+        ticks, size = self._ticks, self._tick
         now = anyio.current_time()
         last = intended = now
         cursor: float | None = None
@@ -376,11 +390,11 @@ class Ticker:
                     cursor = intended + size  # the stall: from what was due when it began
                 if cursor is not None and cursor >= now:
                     cursor = None
-                limit = now if cursor is None else cursor
-                while ticks and ticks[0] * size <= limit:
-                    entry = events.pop(heapq.heappop(ticks), None)
-                    if entry is not None:  # None: its sleepers were all cancelled
-                        entry[0].set()
+                if cursor is None:
+                    self._release_until(now)
+                elif not self._release_until(cursor) and ticks and ticks[0] * size <= now:
+                    cursor = ticks[0] * size  # nothing up to the cursor: skip ahead
+                    self._release_until(cursor)
                 last = now
                 if not ticks:
                     break
@@ -394,6 +408,7 @@ class Ticker:
             self._running = False
             self._wake = None
             self._sleeping_until = math.inf
+            events = self._events
             for entry in events.values():  # the owner is closing: let no sleeper hang
                 entry[0].set()
             events.clear()
