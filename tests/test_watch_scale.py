@@ -298,3 +298,22 @@ async def test_after_a_stall_the_shared_wake_ups_catch_up_gradually() -> None:
     assert len(woke) == 200
     assert burst <= 30, burst  # 110 when released at once; 1.5x catch-up: ~17
     assert max(woke) - start <= 0.1 + 1.0 + 2 * 0.5 + 0.3  # late by at most ~2x the stall
+
+
+async def test_closing_while_loops_wake_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A loop woken just before the close runs its refresh after it: the lookup found the
+    resolver closed and logged "unexpected error in refresh" with a traceback (thousands at
+    the end of a 10,000-name run on trio). The close's cancellation ends it quietly."""
+    policy = srvwatch.Policy(min_ttl=0.05, max_ttl=0.05)
+    async with ZoneServer(glue_zone(NAMES)) as server:
+        for attempt in range(20):
+            seen: dict[int, list[srvwatch.Update]] = {}
+            async with anyio.create_task_group() as tg:
+                async with srvwatch.Resolver([server.address], policy=policy) as r:
+                    tg.start_soon(watch_all, r, NAMES, seen)
+                    await eventually(lambda: len(seen) == NAMES)  # noqa: B023
+                    await anyio.sleep(0.1 + attempt * 0.007)
+                # Closed under its watchers, as when the resolver's block ends first.
+                tg.cancel_scope.cancel()
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    assert not errors, errors[:3]

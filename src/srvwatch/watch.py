@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 import anyio
+import anyio.lowlevel
 
 from .cache import Clock
 from .endpoints import EndpointSet, Update, changed, diff
@@ -286,6 +287,9 @@ class WatchLoop:
             # (and no work for the cyclic GC) per failed refresh.
             outcome = exc.with_traceback(None)
         except Exception as exc:
+            # A loop woken just before its resolver closed runs until its next checkpoint and
+            # finds the resolver closed: that is the close, not a bug; let it end the loop.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             outcome = exc
         try:
             step = self._step_outcome(outcome)
