@@ -6,7 +6,7 @@ over to a healthy one, or fail fast (and the callers serve stale). One probe
 at a time goes to a down nameserver, on jittered exponential backoff (the
 policy's failure backoff: 1 s doubling to 30 s); the first answer marks it up
 and releases whoever waits for the recovery a few at a time, over one
-floor, so that they do not arrive together. unbound keeps the same kind of
+refresh interval, so that they do not arrive together. unbound keeps the same kind of
 infrastructure cache.
 
 The decisions are pure and take the injected clock; the I/O-shaped parts are
