@@ -166,6 +166,10 @@ class WatchLoop:
         self.subscribers: set[Updates] = set()
         self.scope = anyio.CancelScope()
         self.finished = False
+        self.stale_due = math.inf
+        """When the stale timer looks at this loop next (see :meth:`Watches.expect_answer_by`)."""
+        self.deadline: list[Any] | None = None
+        """Its one entry in the stale timer's heap, ``[due, sequence, loop]``, if any."""
 
     @property
     def name(self) -> str:
@@ -444,7 +448,8 @@ class Watches:
         self._spawn = spawn
         self.health = health
         self._loops: dict[Hashable, WatchLoop] = {}
-        self._deadlines: list[tuple[float, int, WatchLoop]] = []
+        self._deadlines: list[list[Any]] = []
+        """The stale timer's heap: ``[due, sequence, loop or None (void)]``, one per loop."""
         self._stopped_in_deadlines = 0
         self._sequence = 0
         self._timer_running = False
@@ -464,12 +469,25 @@ class Watches:
         One timer task for every loop, on a heap: the stale flag comes after
         ``stale_after`` whatever the refresh is waiting on (a slow upstream,
         a queue of lookups), never only after the whole lookup lifetime.
+        Each loop has at most one heap entry, reused for its whole life: a
+        refresh that moves the deadline later only writes ``stale_due``, and
+        the timer moves the entry when it comes up. Nothing is allocated per
+        refresh, where a new entry each time lived (for the cyclic GC) until
+        its deadline.
         """
         self._arm(good_until + self._policy.stale_after, loop)
 
     def _arm(self, due: float, loop: WatchLoop) -> None:
+        loop.stale_due = due
+        entry = loop.deadline
+        if entry is not None:
+            if due >= entry[0]:
+                return  # moved later: the timer re-files the entry when it comes up
+            entry[2] = None  # an earlier deadline (a shorter TTL): this entry is void
+            self._stopped_in_deadlines += 1
         self._sequence += 1
-        heapq.heappush(self._deadlines, (due, self._sequence, loop))
+        entry = loop.deadline = [due, self._sequence, loop]
+        heapq.heappush(self._deadlines, entry)
         if not self._timer_running:
             self._timer_running = True
             self._spawn(self._stale_timer)
@@ -484,12 +502,23 @@ class Watches:
             while deadlines:
                 now = clock()
                 while deadlines and deadlines[0][0] <= now:
-                    _, _, loop = heapq.heappop(deadlines)
-                    if not loop.finished:
+                    entry = deadlines[0]
+                    loop: WatchLoop | None = entry[2]
+                    if loop is None or loop.finished:
+                        heapq.heappop(deadlines)
+                        if loop is not None:
+                            loop.deadline = None
+                        continue
+                    if loop.stale_due <= now:
                         again = loop.publish_overdue(now)
-                        if again is not None:
-                            self._sequence += 1
-                            heapq.heappush(deadlines, (again, self._sequence, loop))
+                        if again is None:
+                            heapq.heappop(deadlines)
+                            loop.deadline = None
+                            loop.stale_due = math.inf
+                            continue
+                        loop.stale_due = again
+                    entry[0] = loop.stale_due  # later than now: re-filed in place
+                    heapq.heapreplace(deadlines, entry)
                 if not deadlines:
                     break
                 self._timer_until = max(deadlines[0][0], now + _STALE_TICK)
@@ -552,17 +581,20 @@ class Watches:
         finally:
             if self._loops.get(key) is loop:
                 del self._loops[key]
+            entry = loop.deadline
+            if entry is not None:  # void: no cycle between a stopped loop and its entry
+                entry[2] = loop.deadline = None
             self._drop_stopped_deadlines()
 
     def _drop_stopped_deadlines(self) -> None:
-        """A stopped loop must not live on in the stale timer's heap until its deadline.
+        """A stopped loop's void entry must not live on in the stale timer's heap until its due.
 
-        Rebuilt once stopped loops' entries could be half of it: amortized O(1)
+        Rebuilt once void loops' entries could be half of it: amortized O(1)
         per stop, and a watch opened and closed in a loop holds no memory.
         """
         self._stopped_in_deadlines += 1
         deadlines = self._deadlines
         if self._stopped_in_deadlines * 2 >= len(deadlines):
-            deadlines[:] = [entry for entry in deadlines if not entry[2].finished]
+            deadlines[:] = [entry for entry in deadlines if entry[2] is not None]
             heapq.heapify(deadlines)
             self._stopped_in_deadlines = 0
