@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import anyio
 
@@ -168,8 +168,8 @@ class WatchLoop:
         self.finished = False
         self.stale_due = math.inf
         """When the stale timer looks at this loop next (see :meth:`Watches.expect_answer_by`)."""
-        self.deadline: list[Any] | None = None
-        """Its one entry in the stale timer's heap, ``[due, sequence, loop]``, if any."""
+        self.stale_tick: int | None = None
+        """The stale timer's bucket this loop is filed in, if any."""
 
     @property
     def name(self) -> str:
@@ -459,10 +459,13 @@ class Watches:
         self._spawn = spawn
         self.health = health
         self._loops: dict[Hashable, WatchLoop] = {}
-        self._deadlines: list[list[Any]] = []
-        """The stale timer's heap: ``[due, sequence, loop or None (void)]``, one per loop."""
-        self._stopped_in_deadlines = 0
-        self._sequence = 0
+        self._buckets: dict[int, list[WatchLoop]] = {}
+        """The stale timer's buckets: tick -> loops filed to be looked at then."""
+        self._bucket_ticks: list[int] = []
+        """The buckets' ticks, a heap."""
+        self._filed = 0
+        self._void = 0
+        """Slots in the buckets, and those of them void (the loop stopped or was filed earlier)."""
         self._timer_running = False
         self.ticker = Ticker(spawn)
         self._timer_wake: anyio.Event | None = None
@@ -480,59 +483,64 @@ class Watches:
         One timer task for every loop, on a heap: the stale flag comes after
         ``stale_after`` whatever the refresh is waiting on (a slow upstream,
         a queue of lookups), never only after the whole lookup lifetime.
-        Each loop has at most one heap entry, reused for its whole life: a
+        Loops are filed in buckets of ``_STALE_TICK``, one slot per loop: a
         refresh that moves the deadline later only writes ``stale_due``, and
-        the timer moves the entry when it comes up. Nothing is allocated per
-        refresh, where a new entry each time lived (for the cyclic GC) until
-        its deadline.
+        the timer re-files the loop when its bucket comes up. A refresh costs
+        no heap operation and allocates nothing, where a heap entry per refresh
+        lived (for the cyclic GC) until its deadline.
         """
         self._arm(good_until + self._policy.stale_after, loop)
 
     def _arm(self, due: float, loop: WatchLoop) -> None:
         loop.stale_due = due
-        entry = loop.deadline
-        if entry is not None:
-            if due >= entry[0]:
-                return  # moved later: the timer re-files the entry when it comes up
-            entry[2] = None  # an earlier deadline (a shorter TTL): this entry is void
-            self._stopped_in_deadlines += 1
-        self._sequence += 1
-        entry = loop.deadline = [due, self._sequence, loop]
-        heapq.heappush(self._deadlines, entry)
+        tick = math.ceil(due / _STALE_TICK)
+        filed = loop.stale_tick
+        if filed is not None:
+            if filed <= tick:
+                return  # moved later: re-filed when its bucket comes up
+            self._void += 1  # an earlier deadline (a shorter TTL): the old slot is void
+        self._file(tick, loop)
         if not self._timer_running:
             self._timer_running = True
             self._spawn(self._stale_timer)
-        elif self._timer_wake is not None and due + _STALE_TICK < self._timer_until:
+        elif self._timer_wake is not None and tick * _STALE_TICK < self._timer_until:
             self._timer_wake.set()  # an earlier deadline than the one being slept on
 
+    def _file(self, tick: int, loop: WatchLoop) -> None:
+        loop.stale_tick = tick
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = []
+            heapq.heappush(self._bucket_ticks, tick)
+        bucket.append(loop)
+        self._filed += 1
+
     async def _stale_timer(self) -> None:
-        """Pop due deadlines; sleep till the next, at least a tick (not one wake per refresh)."""
-        deadlines = self._deadlines
+        """Empty due buckets; sleep till the next, at least a tick (not one wake per refresh)."""
+        ticks, buckets = self._bucket_ticks, self._buckets
         clock = self._clock
         try:
-            while deadlines:
+            while ticks:
                 now = clock()
-                while deadlines and deadlines[0][0] <= now:
-                    entry = deadlines[0]
-                    loop: WatchLoop | None = entry[2]
-                    if loop is None or loop.finished:
-                        heapq.heappop(deadlines)
-                        if loop is not None:
-                            loop.deadline = None
-                        continue
-                    if loop.stale_due <= now:
-                        again = loop.publish_overdue(now)
-                        if again is None:
-                            heapq.heappop(deadlines)
-                            loop.deadline = None
-                            loop.stale_due = math.inf
+                while ticks and ticks[0] * _STALE_TICK <= now:
+                    tick = heapq.heappop(ticks)
+                    bucket = buckets.pop(tick)
+                    self._filed -= len(bucket)
+                    for loop in bucket:
+                        if loop.stale_tick != tick:
+                            self._void -= 1  # stopped, or filed in an earlier bucket
                             continue
-                        loop.stale_due = again
-                    entry[0] = loop.stale_due  # later than now: re-filed in place
-                    heapq.heapreplace(deadlines, entry)
-                if not deadlines:
+                        loop.stale_tick = None
+                        due = loop.stale_due
+                        if due <= now:
+                            again = loop.publish_overdue(now)
+                            if again is None:
+                                continue
+                            due = loop.stale_due = again
+                        self._file(math.ceil(due / _STALE_TICK), loop)  # a later bucket
+                if not ticks:
                     break
-                self._timer_until = max(deadlines[0][0], now + _STALE_TICK)
+                self._timer_until = max(ticks[0] * _STALE_TICK, now + _STALE_TICK)
                 self._timer_wake = anyio.Event()
                 with anyio.move_on_after(self._timer_until - now):
                     await self._timer_wake.wait()
@@ -592,21 +600,28 @@ class Watches:
         finally:
             if self._loops.get(key) is loop:
                 del self._loops[key]
-            entry = loop.deadline
-            if entry is not None:  # void: no cycle between a stopped loop and its entry
-                entry[2] = loop.deadline = None
-            self._drop_stopped_deadlines()
+            self._drop_stopped_deadlines(loop)
             self.ticker.sleeper_stopped()
 
-    def _drop_stopped_deadlines(self) -> None:
-        """A stopped loop's void entry must not live on in the stale timer's heap until its due.
+    def _drop_stopped_deadlines(self, loop: WatchLoop) -> None:
+        """A stopped loop must not live on in the stale timer's buckets until their tick.
 
-        Rebuilt once void loops' entries could be half of it: amortized O(1)
-        per stop, and a watch opened and closed in a loop holds no memory.
+        Rebuilt once void slots could be half of them: amortized O(1) per
+        stop, and a watch opened and closed in a loop holds no memory.
         """
-        self._stopped_in_deadlines += 1
-        deadlines = self._deadlines
-        if self._stopped_in_deadlines * 2 >= len(deadlines):
-            deadlines[:] = [entry for entry in deadlines if entry[2] is not None]
-            heapq.heapify(deadlines)
-            self._stopped_in_deadlines = 0
+        if loop.stale_tick is not None:
+            loop.stale_tick = None
+            self._void += 1
+        if self._void * 2 < self._filed:
+            return
+        buckets = self._buckets
+        for tick in list(buckets):
+            live = [kept for kept in buckets[tick] if kept.stale_tick == tick]
+            if live:
+                buckets[tick] = live
+            else:
+                del buckets[tick]
+        self._bucket_ticks[:] = list(buckets)
+        heapq.heapify(self._bucket_ticks)
+        self._filed = sum(map(len, buckets.values()))
+        self._void = 0
