@@ -148,6 +148,32 @@ def test_failure_marker_keeps_the_last_good_answer_and_no_exception() -> None:
     assert not fresh_failure.servable_stale(clock.now)
 
 
+def test_the_same_answer_again_moves_its_entry_times_and_nothing_else() -> None:
+    """An unchanged refresh stores the answer it already has: one entry, new times."""
+    clock = FakeClock()
+    store = RecordStore(Policy(servfail_ttl=5.0, stale_ttl=100.0), clock)
+    good = positive("good")
+    entry = store.put("a", good, 10)
+    entry.view = "derived"
+    entry.rendered = "the stub's template"
+    clock.now += 11
+    store.put_failure("a", ServerFailure("boom", name="a.svc.test.", rdtype="A"))
+    assert entry.failing(clock.now)
+    again = store.put("a", good, 20)
+    assert again is entry
+    assert (entry.ttl, entry.stored_at, entry.expires_at) == (20, clock.now, clock.now + 20)
+    assert entry.stale_until == clock.now + 120
+    assert entry.failure is None
+    assert entry.fresh(clock.now)
+    assert (entry.view, entry.rendered) == ("derived", "the stub's template")
+    # Another answer, even an equal one, is a new entry: nothing derived is carried over.
+    other = store.put("a", positive("good"), 20)
+    assert other is not entry
+    assert other.view is None
+    assert other.rendered is None
+    assert len(store) == 1
+
+
 def vars_of(obj: object) -> list[object]:
     return [getattr(obj, name) for name in obj.__slots__]  # type: ignore[attr-defined]
 

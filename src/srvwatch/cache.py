@@ -188,7 +188,10 @@ class RecordStore:
         return entry
 
     def put(self, key: Hashable, answer: Positive | Negative, ttl: float) -> Entry:
-        """Store an answer with its TTL clamped by the policy; replaces any failure marker."""
+        """Store an answer with its TTL clamped by the policy; replaces any failure marker.
+
+        The answer already stored (the same object) keeps its entry, with new times.
+        """
         policy = self.policy
         if type(answer) is Positive:
             ttl = policy.clamp_ttl(ttl)
@@ -198,6 +201,19 @@ class RecordStore:
             stale_window = 0.0
         now = self.clock()
         expires_at = now + ttl
+        entry = self._data.get(key)
+        if entry is not None and entry.answer is answer:
+            # The same answer again (an unchanged refresh, see reply.refreshed): only its
+            # times move. Its derived views and the stub's rendering stay valid, and no new
+            # entry is kept per refresh for the cyclic garbage collector to walk.
+            entry.ttl = ttl
+            entry.stored_at = now
+            entry.expires_at = expires_at
+            entry.stale_until = expires_at + stale_window
+            entry.failure = None
+            if key in self._lru:
+                self._lru.move_to_end(key)
+            return entry
         entry = Entry(answer, ttl, now, expires_at, expires_at + stale_window)
         self._store(key, entry)
         return entry

@@ -424,7 +424,11 @@ class Resolver:
 
         async def refresh() -> EndpointSet:
             if qtype == wire.TYPE_SRV:
-                result = await self._search(known, srv_set)
+                candidates = known.candidates
+                if len(candidates) == 1:  # an absolute name: no search list to walk
+                    result = await srv_set(candidates[0])
+                else:
+                    result = await self._search(known, srv_set)
                 known.srv = result
                 known.srv_until = self._clock() + self.policy.clamp_ttl(result.ttl)
                 return result

@@ -178,6 +178,8 @@ class _Query:
         if last is None or len(data) != len(last[0]):
             return None
         previous = last[0]
+        if data[2:] == previous[2:]:
+            return last[1]  # the TTLs too (an authoritative server's): one comparison
         for start, end in self.same_spans:
             if data[start:end] != previous[start:end]:
                 return None

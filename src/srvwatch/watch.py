@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -171,6 +171,10 @@ class WatchLoop:
         self.subscribers: set[Updates] = set()
         self.scope = anyio.CancelScope()
         self.finished = False
+        self.stale_due = math.inf
+        """When the stale timer looks at this loop next (see :meth:`Watches.expect_answer_by`)."""
+        self.stale_tick: int | None = None
+        """The stale timer's bucket this loop is filed in, if any."""
 
     @property
     def name(self) -> str:
@@ -319,50 +323,61 @@ class Ticker:
     def __init__(self, spawn: Spawn, tick: float = 0.01) -> None:
         self._spawn = spawn
         self._tick = tick
-        self._events: dict[int, list[Any]] = {}
-        """Tick -> [its event, the loops sleeping on it]."""
+        self._events: dict[int, anyio.Event] = {}
+        """Tick -> the event its sleepers wait on."""
         self._ticks: list[int] = []
         self._running = False
         self._wake: anyio.Event | None = None
         self._sleeping_until = math.inf
+        self._stopped = 0
 
-    async def sleep(self, delay: float) -> None:
+    def sleep(self, delay: float) -> Awaitable[None]:
         """Sleep ``delay`` seconds (up to one tick more); a checkpoint, cancellable as any.
 
-        A tick whose last sleeper is cancelled (a watch closed mid-sleep) is
-        dropped at once: with long TTLs and watches opened and closed at a high
-        rate, waiting for the tick to come would hold memory for minutes.
+        Not a coroutine of its own: it returns the tick's ``Event.wait()``, so a
+        sleeping loop holds no frame of ours for its whole sleep (at 10,000
+        watches, one more object per refresh promoted to the GC's oldest
+        generation). A sleeper that is cancelled leaves the event's waiters;
+        ticks left with none are dropped by :meth:`sleeper_stopped`.
         """
         tick = math.ceil((anyio.current_time() + max(delay, 0.0)) / self._tick)
-        entry = self._events.get(tick)
-        if entry is None:
-            entry = self._events[tick] = [anyio.Event(), 0]
+        event = self._events.get(tick)
+        if event is None:
+            event = self._events[tick] = anyio.Event()
             heapq.heappush(self._ticks, tick)
             if not self._running:
                 self._running = True
                 self._spawn(self._run)
             elif self._wake is not None and tick * self._tick < self._sleeping_until:
                 self._wake.set()
-        event: anyio.Event = entry[0]
-        entry[1] += 1
-        try:
-            await event.wait()
-        finally:
-            entry[1] -= 1
-            if not entry[1] and not event.is_set() and self._events.get(tick) is entry:
-                del self._events[tick]
-                if len(self._ticks) > 2 * len(self._events) + 64:  # mostly dropped ticks
-                    self._ticks[:] = list(self._events)
-                    heapq.heapify(self._ticks)
+        return event.wait()
+
+    def sleeper_stopped(self) -> None:
+        """A task that may have been sleeping here ended (a watch closed mid-sleep).
+
+        Ticks nobody waits for any more are dropped once such ends could be half
+        of the ticks: amortized O(1) per stop, and with long TTLs and watches opened
+        and closed at a high rate, no tick holds memory for minutes until it comes.
+        """
+        self._stopped += 1
+        events = self._events
+        if self._stopped * 2 < len(events):
+            return
+        self._stopped = 0
+        for tick in [t for t, event in events.items() if not event.statistics().tasks_waiting]:
+            del events[tick]
+        if len(self._ticks) > 2 * len(events) + 64:  # mostly dropped ticks
+            self._ticks[:] = list(events)
+            heapq.heapify(self._ticks)
 
     def _release_until(self, limit: float) -> bool:
         """Set the events of the ticks due by ``limit``; whether any had a sleeper."""
         ticks, events, size = self._ticks, self._events, self._tick
         released = False
         while ticks and ticks[0] * size <= limit:
-            entry = events.pop(heapq.heappop(ticks), None)
-            if entry is not None:  # None: its sleepers were all cancelled
-                entry[0].set()
+            event = events.pop(heapq.heappop(ticks), None)
+            if event is not None:  # None: dropped, its sleepers all gone
+                event.set()
                 released = True
         return released
 
@@ -413,8 +428,8 @@ class Ticker:
             self._wake = None
             self._sleeping_until = math.inf
             events = self._events
-            for entry in events.values():  # the owner is closing: let no sleeper hang
-                entry[0].set()
+            for event in events.values():  # the owner is closing: let no sleeper hang
+                event.set()
             events.clear()
             ticks.clear()
 
@@ -494,9 +509,13 @@ class Watches:
         self._spawn = spawn
         self.health = health
         self._loops: dict[Hashable, WatchLoop] = {}
-        self._deadlines: list[tuple[float, int, WatchLoop]] = []
-        self._stopped_in_deadlines = 0
-        self._sequence = 0
+        self._buckets: dict[int, list[WatchLoop]] = {}
+        """The stale timer's buckets: tick -> loops filed to be looked at then."""
+        self._bucket_ticks: list[int] = []
+        """The buckets' ticks, a heap."""
+        self._filed = 0
+        self._void = 0
+        """Slots in the buckets, and those of them void (the loop stopped or was filed earlier)."""
         self._timer_running = False
         self.ticker = Ticker(spawn)
         self._timer_wake: anyio.Event | None = None
@@ -514,35 +533,64 @@ class Watches:
         One timer task for every loop, on a heap: the stale flag comes after
         ``stale_after`` whatever the refresh is waiting on (a slow upstream,
         a queue of lookups), never only after the whole lookup lifetime.
+        Loops are filed in buckets of ``_STALE_TICK``, one slot per loop: a
+        refresh that moves the deadline later only writes ``stale_due``, and
+        the timer re-files the loop when its bucket comes up. A refresh costs
+        no heap operation and allocates nothing, where a heap entry per refresh
+        lived (for the cyclic GC) until its deadline.
         """
         self._arm(good_until + self._policy.stale_after, loop)
 
     def _arm(self, due: float, loop: WatchLoop) -> None:
-        self._sequence += 1
-        heapq.heappush(self._deadlines, (due, self._sequence, loop))
+        loop.stale_due = due
+        tick = math.ceil(due / _STALE_TICK)
+        filed = loop.stale_tick
+        if filed is not None:
+            if filed <= tick:
+                return  # moved later: re-filed when its bucket comes up
+            self._void += 1  # an earlier deadline (a shorter TTL): the old slot is void
+        self._file(tick, loop)
         if not self._timer_running:
             self._timer_running = True
             self._spawn(self._stale_timer)
-        elif self._timer_wake is not None and due + _STALE_TICK < self._timer_until:
+        elif self._timer_wake is not None and tick * _STALE_TICK < self._timer_until:
             self._timer_wake.set()  # an earlier deadline than the one being slept on
 
+    def _file(self, tick: int, loop: WatchLoop) -> None:
+        loop.stale_tick = tick
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = []
+            heapq.heappush(self._bucket_ticks, tick)
+        bucket.append(loop)
+        self._filed += 1
+
     async def _stale_timer(self) -> None:
-        """Pop due deadlines; sleep till the next, at least a tick (not one wake per refresh)."""
-        deadlines = self._deadlines
+        """Empty due buckets; sleep till the next, at least a tick (not one wake per refresh)."""
+        ticks, buckets = self._bucket_ticks, self._buckets
         clock = self._clock
         try:
-            while deadlines:
+            while ticks:
                 now = clock()
-                while deadlines and deadlines[0][0] <= now:
-                    _, _, loop = heapq.heappop(deadlines)
-                    if not loop.finished:
-                        again = loop.publish_overdue(now)
-                        if again is not None:
-                            self._sequence += 1
-                            heapq.heappush(deadlines, (again, self._sequence, loop))
-                if not deadlines:
+                while ticks and ticks[0] * _STALE_TICK <= now:
+                    tick = heapq.heappop(ticks)
+                    bucket = buckets.pop(tick)
+                    self._filed -= len(bucket)
+                    for loop in bucket:
+                        if loop.stale_tick != tick:
+                            self._void -= 1  # stopped, or filed in an earlier bucket
+                            continue
+                        loop.stale_tick = None
+                        due = loop.stale_due
+                        if due <= now:
+                            again = loop.publish_overdue(now)
+                            if again is None:
+                                continue
+                            due = loop.stale_due = again
+                        self._file(math.ceil(due / _STALE_TICK), loop)  # a later bucket
+                if not ticks:
                     break
-                self._timer_until = max(deadlines[0][0], now + _STALE_TICK)
+                self._timer_until = max(ticks[0] * _STALE_TICK, now + _STALE_TICK)
                 self._timer_wake = anyio.Event()
                 with anyio.move_on_after(self._timer_until - now):
                     await self._timer_wake.wait()
@@ -606,17 +654,28 @@ class Watches:
         finally:
             if self._loops.get(key) is loop:
                 del self._loops[key]
-            self._drop_stopped_deadlines()
+            self._drop_stopped_deadlines(loop)
+            self.ticker.sleeper_stopped()
 
-    def _drop_stopped_deadlines(self) -> None:
-        """A stopped loop must not live on in the stale timer's heap until its deadline.
+    def _drop_stopped_deadlines(self, loop: WatchLoop) -> None:
+        """A stopped loop must not live on in the stale timer's buckets until their tick.
 
-        Rebuilt once stopped loops' entries could be half of it: amortized O(1)
-        per stop, and a watch opened and closed in a loop holds no memory.
+        Rebuilt once void slots could be half of them: amortized O(1) per
+        stop, and a watch opened and closed in a loop holds no memory.
         """
-        self._stopped_in_deadlines += 1
-        deadlines = self._deadlines
-        if self._stopped_in_deadlines * 2 >= len(deadlines):
-            deadlines[:] = [entry for entry in deadlines if not entry[2].finished]
-            heapq.heapify(deadlines)
-            self._stopped_in_deadlines = 0
+        if loop.stale_tick is not None:
+            loop.stale_tick = None
+            self._void += 1
+        if self._void * 2 < self._filed:
+            return
+        buckets = self._buckets
+        for tick in list(buckets):
+            live = [kept for kept in buckets[tick] if kept.stale_tick == tick]
+            if live:
+                buckets[tick] = live
+            else:
+                del buckets[tick]
+        self._bucket_ticks[:] = list(buckets)
+        heapq.heapify(self._bucket_ticks)
+        self._filed = sum(map(len, buckets.values()))
+        self._void = 0
