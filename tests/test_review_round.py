@@ -1,0 +1,259 @@
+"""Review of the round after 5bb7db8: unchanged refreshes, the spread release, hand-offs.
+
+Real servers (ZoneServer) and real clients (dnspython) against the stub; each
+test checks one thing a hostile user could break.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AsyncExitStack
+
+import anyio
+import anyio.to_thread
+import dns.message
+import dns.query
+import pytest
+
+import srvwatch
+from srvwatch.listen import DnsListener
+from srvwatch.server.stub import Stub
+from srvwatch.testing import Fault, ZoneServer
+from srvwatch.watch import Updates
+
+pytestmark = pytest.mark.anyio
+
+ZONE = """\
+$TTL 3
+@               SOA  ns hostmaster 1 3600 600 86400 5
+@               NS   ns
+ns              A    127.0.0.1
+host            A    10.0.0.9
+w1              A    10.0.1.1
+w2              A    10.0.1.2
+w3              A    10.0.1.3
+"""
+HOST = "host.svc.test."
+
+
+async def ask(port: int, name: str) -> dns.message.Message:
+    query = dns.message.make_query(name, "A")
+    reply: dns.message.Message = await anyio.to_thread.run_sync(
+        lambda: dns.query.udp(query, "127.0.0.1", timeout=3.0, port=port)
+    )
+    return reply
+
+
+def answer_ttl(message: dns.message.Message) -> int:
+    return message.answer[0].ttl
+
+
+async def test_stub_ttl_restarts_after_an_unchanged_refresh() -> None:
+    """Counted down in the stub, then an unchanged refresh: the full TTL again, same entry."""
+    policy = srvwatch.Policy(min_ttl=1, max_ttl=3)
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=policy) as r:
+        stub = Stub(r)
+        async with DnsListener(stub.answer, "127.0.0.1", 0, name="stub") as listener:
+            assert answer_ttl(await ask(listener.port, HOST)) == 3
+            entry = r.records.store.peek((HOST, 1))
+            await anyio.sleep(1.1)
+            assert answer_ttl(await ask(listener.port, HOST)) == 2  # counted down (hot path)
+            await r.records.lookup(HOST, 1, refresh=True)
+            assert r.records.store.peek((HOST, 1)) is entry  # unchanged: the same entry
+            assert answer_ttl(await ask(listener.port, HOST)) == 3  # restarted, not 2
+            await anyio.sleep(1.1)
+            assert answer_ttl(await ask(listener.port, HOST)) == 2
+            await anyio.sleep(1.0)
+            assert answer_ttl(await ask(listener.port, HOST)) == 1
+            assert server.query_count(HOST) == 2
+
+
+async def test_a_stale_entry_refreshed_unchanged_is_fresh_again() -> None:
+    """Stale (failure remembered) then the same bytes again: no failure, fresh TTLs."""
+    policy = srvwatch.Policy(
+        min_ttl=1, max_ttl=1, timeout=0.2, lifetime=0.5, servfail_ttl=0.3, stale_after=0.2
+    )
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=policy) as r:
+        stub = Stub(r)
+        async with DnsListener(stub.answer, "127.0.0.1", 0, name="stub") as listener:
+            assert answer_ttl(await ask(listener.port, HOST)) == 1
+            entry = r.records.store.peek((HOST, 1))
+            assert entry is not None
+            server.inject(Fault(rcode="SERVFAIL"))
+            await anyio.sleep(1.1)
+            stale = await ask(listener.port, HOST)
+            assert answer_ttl(stale) == int(policy.stale_answer_ttl)
+            assert entry.failure is not None
+            answer = await r.resolve(HOST, "A")
+            assert answer.stale and answer.ttl == 0
+            server.clear_faults()
+            await anyio.sleep(0.35)  # the remembered failure is over
+            await r.records.lookup(HOST, 1, refresh=True)
+            assert r.records.store.peek((HOST, 1)) is entry
+            assert entry.failure is None
+            assert entry.fresh(r.records.store.clock())
+            assert answer_ttl(await ask(listener.port, HOST)) == 1  # not the stale 30
+            answer = await r.resolve(HOST, "A")
+            assert not answer.stale
+            assert 0.5 < answer.ttl <= 1.0
+
+
+async def test_a_changed_answer_after_unchanged_refreshes_is_noticed() -> None:
+    policy = srvwatch.Policy(min_ttl=0.3, max_ttl=0.3, jitter=0.2)
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=policy) as r:
+        stub = Stub(r)
+        async with DnsListener(stub.answer, "127.0.0.1", 0, name="stub") as listener:
+            async with r.watch(HOST, "A") as updates:
+                with anyio.fail_after(5):
+                    first = await updates.__anext__()
+                    assert [e.addresses for e in first.endpoints.endpoints] == [("10.0.0.9",)]
+                    await anyio.sleep(1.0)  # several unchanged refreshes
+                    assert [rr.to_text() for rr in (await ask(listener.port, HOST)).answer[0]] == [
+                        "10.0.0.9"
+                    ]
+                    server.set_records(HOST, "A", ["10.0.0.10"], ttl=3)
+                    second = await updates.__anext__()
+            assert [e.addresses for e in second.endpoints.endpoints] == [("10.0.0.10",)]
+            await anyio.sleep(0.35)
+            assert [rr.to_text() for rr in (await ask(listener.port, HOST)).answer[0]] == [
+                "10.0.0.10"
+            ]
+
+
+OUTAGE = srvwatch.Policy(
+    min_ttl=0.3,
+    max_ttl=0.3,
+    timeout=0.1,
+    lifetime=0.3,
+    backoff_base=0.2,
+    backoff_max=0.2,
+    stale_after=0.2,
+)
+
+
+async def _wait_until(predicate: object, seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():  # type: ignore[operator]
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize("heir_too", [False, True], ids=["prober", "prober+heir"])
+async def test_closing_the_prober_and_its_heir_together_leaves_a_prober(heir_too: bool) -> None:
+    """Three A watches on a dead upstream: one carries the probes, two are parked. Closing
+    the carrier hands the turn to one parked loop; closed in the same instant too, that
+    loop never takes it, and the last loop must still find the recovery."""
+    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=OUTAGE) as r:
+        health = r.transport.health
+        stacks: dict[str, AsyncExitStack] = {}
+        updates: dict[str, Updates] = {}
+        for name in ("w1", "w2", "w3"):
+            stack = AsyncExitStack()
+            fqdn = f"{name}.svc.test."
+            updates[fqdn] = await stack.enter_async_context(r.watch(fqdn, "A"))
+            stacks[fqdn] = stack
+        with anyio.fail_after(3):
+            for each in updates.values():
+                assert not (await each.__anext__()).stale
+        server.inject(Fault(drop=True))
+        await anyio.sleep(1.0)  # all expired and failed: stale, one prober, two parked
+        await _wait_until(lambda: health.parked == 2 and health._prober is not None, 3)
+        prober = health._prober
+        heir = list(health._parked)[-1]  # resign hands the turn to the last parked
+        assert prober is not heir
+        survivor = next(fqdn for fqdn in stacks if fqdn not in (prober.name, heir.name))  # type: ignore[attr-defined]
+        await stacks.pop(prober.name).aclose()  # type: ignore[attr-defined]
+        if heir_too:
+            await stacks.pop(heir.name).aclose()  # type: ignore[attr-defined]
+        server.clear_faults()
+        try:
+            with anyio.fail_after(3):  # probes every 0.2 s: the recovery is found at once
+                async for update in updates[survivor]:
+                    if not update.stale:
+                        break
+        finally:
+            for stack in stacks.values():
+                await stack.aclose()
+
+
+async def test_closing_the_resolver_mid_release_balances_and_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    names = [f"n{i}.svc.test." for i in range(60)]
+    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(60))
+    policy = srvwatch.Policy(
+        min_ttl=1.0,
+        max_ttl=1.0,
+        jitter=0.0,
+        timeout=0.1,
+        lifetime=0.3,
+        backoff_base=0.2,
+        backoff_max=0.2,
+        stale_after=0.2,
+    )
+    caplog.set_level(logging.DEBUG, logger="srvwatch")
+    async with ZoneServer(zone) as server:
+        r = srvwatch.Resolver([server.address], policy=policy)
+        async with r:
+            health = r.transport.health
+            async with AsyncExitStack() as stack:
+                watches = [await stack.enter_async_context(r.watch(n, "A")) for n in names]
+                with anyio.fail_after(3):
+                    for each in watches:
+                        await each.__anext__()
+                server.inject(Fault(drop=True))
+                await _wait_until(lambda: health.parked >= 50, 5)
+                server.clear_faults()
+                await _wait_until(lambda: 0 < health.parked < 40, 5)  # mid-release
+                # Flap: down and up again while the release runs.
+                server.inject(Fault(drop=True))
+                await anyio.sleep(0.15)
+                server.clear_faults()
+                await anyio.sleep(0.2)
+        stats = r.stats()
+    errors = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert not errors, [rec.getMessage() for rec in errors]
+    assert stats["loops_started"] == stats["loops_stopped"], stats
+    assert stats["sockets_opened"] == stats["sockets_closed"], stats
+    assert stats["tasks_running"] == 0, stats
+
+
+async def test_a_flap_during_the_release_still_releases_every_loop() -> None:
+    """Up, down within the release, up again: every parked loop refreshes in the end."""
+    names = [f"n{i}.svc.test." for i in range(40)]
+    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(40))
+    policy = srvwatch.Policy(
+        min_ttl=1.0,
+        max_ttl=1.0,
+        jitter=0.0,
+        timeout=0.1,
+        lifetime=0.3,
+        backoff_base=0.2,
+        backoff_max=0.2,
+        stale_after=0.2,
+    )
+    async with ZoneServer(zone) as server, srvwatch.Resolver([server.address], policy=policy) as r:
+        health = r.transport.health
+        async with AsyncExitStack() as stack:
+            watches = [await stack.enter_async_context(r.watch(n, "A")) for n in names]
+            with anyio.fail_after(3):
+                for each in watches:
+                    await each.__anext__()
+            server.inject(Fault(drop=True))
+            await _wait_until(lambda: health.parked >= 35, 5)
+            server.clear_faults()
+            await _wait_until(lambda: 0 < health.parked < 30, 5)
+            server.inject(Fault(drop=True))
+            await _wait_until(lambda: not health.any_up, 3)
+            left = health.parked
+            assert left > 0
+            server.clear_faults()
+            started = time.monotonic()
+            await _wait_until(lambda: health.parked == 0, 4)
+            # Every loop comes back fresh within a probe step and one release window.
+            with anyio.fail_after(4):
+                for each in watches:
+                    async for update in each:
+                        if not update.stale:
+                            break
+            assert time.monotonic() - started < 3.5
