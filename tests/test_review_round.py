@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import anyio
@@ -86,7 +87,8 @@ async def test_a_stale_entry_refreshed_unchanged_is_fresh_again() -> None:
             assert answer_ttl(stale) == int(policy.stale_answer_ttl)
             assert entry.failure is not None
             answer = await r.resolve(HOST, "A")
-            assert answer.stale and answer.ttl == 0
+            assert answer.stale
+            assert answer.ttl == 0
             server.clear_faults()
             await anyio.sleep(0.35)  # the remembered failure is over
             await r.records.lookup(HOST, 1, refresh=True)
@@ -132,39 +134,45 @@ OUTAGE = srvwatch.Policy(
 )
 
 
-async def _wait_until(predicate: object, seconds: float) -> None:
+async def _wait_until(predicate: Callable[[], bool], seconds: float) -> None:
     with anyio.fail_after(seconds):
-        while not predicate():  # type: ignore[operator]
+        while not predicate():  # noqa: ASYNC110 - polls state
             await anyio.sleep(0.02)
 
 
-@pytest.mark.parametrize("heir_too", [False, True], ids=["prober", "prober+heir"])
-async def test_closing_the_prober_and_its_heir_together_leaves_a_prober(heir_too: bool) -> None:
-    """Three A watches on a dead upstream: one carries the probes, two are parked. Closing
-    the carrier hands the turn to one parked loop; closed in the same instant too, that
-    loop never takes it, and the last loop must still find the recovery."""
-    async with ZoneServer(ZONE) as server, srvwatch.Resolver([server.address], policy=OUTAGE) as r:
+@pytest.mark.parametrize("heirs_too", [False, True], ids=["prober", "prober+heirs"])
+async def test_closing_the_prober_and_its_heirs_together_leaves_a_prober(heirs_too: bool) -> None:
+    """Eight A watches on a dead upstream: one carries the probes, seven are parked. Closing
+    the carrier hands the turn to one parked loop (the last parked still there when the
+    carrier's task ends); closed in the same instant too, that loop never takes it, and the
+    first parked loop, left open, must still find the recovery. (Trio runs the cancelled
+    tasks in random order: with six parked loops closed, the turn is lost in most runs.)"""
+    names = [f"n{i}.svc.test." for i in range(8)]
+    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(8))
+    async with ZoneServer(zone) as server, srvwatch.Resolver([server.address], policy=OUTAGE) as r:
         health = r.transport.health
         stacks: dict[str, AsyncExitStack] = {}
         updates: dict[str, Updates] = {}
-        for name in ("w1", "w2", "w3"):
+        for fqdn in names:
             stack = AsyncExitStack()
-            fqdn = f"{name}.svc.test."
             updates[fqdn] = await stack.enter_async_context(r.watch(fqdn, "A"))
             stacks[fqdn] = stack
         with anyio.fail_after(3):
             for each in updates.values():
                 assert not (await each.__anext__()).stale
         server.inject(Fault(drop=True))
-        await anyio.sleep(1.0)  # all expired and failed: stale, one prober, two parked
-        await _wait_until(lambda: health.parked == 2 and health._prober is not None, 3)
+        with anyio.fail_after(3):  # all expired and failed: stale, one prober, seven parked
+            for each in updates.values():
+                async for update in each:
+                    if update.stale:
+                        break
+        await _wait_until(lambda: health.parked == 7 and health._prober is not None, 3)
         prober = health._prober
-        heir = list(health._parked)[-1]  # resign hands the turn to the last parked
-        assert prober is not heir
-        survivor = next(fqdn for fqdn in stacks if fqdn not in (prober.name, heir.name))  # type: ignore[attr-defined]
-        await stacks.pop(prober.name).aclose()  # type: ignore[attr-defined]
-        if heir_too:
-            await stacks.pop(heir.name).aclose()  # type: ignore[attr-defined]
+        parked = [loop.name for loop in health._parked]  # type: ignore[attr-defined]
+        survivor = parked[0]
+        closing = [prober.name] + (parked[1:] if heirs_too else [])  # type: ignore[attr-defined]
+        for fqdn in closing:  # no checkpoint in between: closed in the same instant
+            await stacks.pop(fqdn).aclose()
         server.clear_faults()
         try:
             with anyio.fail_after(3):  # probes every 0.2 s: the recovery is found at once
@@ -257,3 +265,65 @@ async def test_a_flap_during_the_release_still_releases_every_loop() -> None:
                         if not update.stale:
                             break
             assert time.monotonic() - started < 3.5
+
+
+async def test_a_watch_closed_and_reopened_at_once_keeps_its_answer_pinned() -> None:
+    """WatchLoop.stop unpins eagerly; the old loop's end must not unpin the new loop's."""
+    zone = ZONE + "".join(f"x{i} A 10.2.0.{i}\n" for i in range(8))
+    policy = srvwatch.Policy(min_ttl=0.3, max_ttl=0.3, cache_size=1)
+    async with ZoneServer(zone) as server, srvwatch.Resolver([server.address], policy=policy) as r:
+        store = r.records.store
+        with anyio.fail_after(3):
+            async with r.watch(HOST, "A") as updates:
+                await updates.__anext__()
+                assert store.pinned((HOST, 1))
+            assert not store.pinned((HOST, 1))  # at once, not when the loop's task runs
+            async with r.watch(HOST, "A") as updates:
+                await updates.__anext__()
+                await anyio.sleep(0.5)  # the old loop has ended; a refresh or two
+                assert store.pinned((HOST, 1))
+                for i in range(8):  # LRU churn well past cache_size
+                    await r.resolve(f"x{i}.svc.test.", "A")
+                assert (HOST, 1) in store
+        await anyio.sleep(0.05)  # the second loop's task ends
+        stats = r.stats()
+    assert stats["loops_started"] == stats["loops_stopped"] == 2, stats
+
+
+async def test_closing_watches_and_the_resolver_during_a_catch_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A blocking stall, then half the watches closed and the resolver closed while the
+    Ticker is catching up: no error logs, loops and sockets balance, no task left."""
+    names = [f"n{i}.svc.test." for i in range(80)]
+    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(80))
+    policy = srvwatch.Policy(min_ttl=0.3, max_ttl=0.3, jitter=0.2)
+    caplog.set_level(logging.DEBUG, logger="srvwatch")
+    async with ZoneServer(zone) as server:
+        r = srvwatch.Resolver([server.address], policy=policy)
+        async with r:
+            stacks = [AsyncExitStack() for _ in names]
+            watches = [
+                await stack.enter_async_context(r.watch(n, "A"))
+                for stack, n in zip(stacks, names, strict=True)
+            ]
+            with anyio.fail_after(3):
+                for each in watches:
+                    await each.__anext__()
+            await anyio.sleep(0.35)
+            time.sleep(0.6)  # noqa: ASYNC251 - a stall: every refresh comes due in it
+            await anyio.sleep(0.05)  # the catch-up has begun
+            for stack in stacks[::2]:
+                await stack.aclose()
+            await anyio.sleep(0.1)
+            queries = server.queries
+            await anyio.sleep(0.6)
+            assert server.queries > queries  # the other half still refresh
+        stats = r.stats()
+        for stack in stacks[1::2]:
+            await stack.aclose()
+    errors = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert not errors, [rec.getMessage() for rec in errors]
+    assert stats["loops_started"] == stats["loops_stopped"], stats
+    assert stats["sockets_opened"] == stats["sockets_closed"], stats
+    assert stats["tasks_running"] == 0, stats
