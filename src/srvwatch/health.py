@@ -242,6 +242,10 @@ class Health:
                 event = parked[waiter] = anyio.Event()
                 try:
                     await event.wait()
+                except BaseException:
+                    if event.is_set():  # handed the turn as it was cancelled: pass it on
+                        self._hand_on_turn()
+                    raise
                 finally:
                     if parked.get(waiter) is event:
                         del parked[waiter]
@@ -256,9 +260,18 @@ class Health:
         if self._prober is waiter:
             self._prober = None
             self._wake()
-            if self._parked:
-                _, event = self._parked.popitem()
-                event.set()
+            self._hand_on_turn()
+
+    def _hand_on_turn(self) -> None:
+        """Nobody carries the probes of a dead upstream: wake one parked waiter to take them.
+
+        If that waiter is being cancelled too (watches closed together), it
+        passes the turn on as it leaves, so the probes never stop while a
+        loop still waits for the recovery.
+        """
+        if self._prober is None and self._parked and not self.any_up:
+            _, event = self._parked.popitem()
+            event.set()
 
     def _release(self) -> None:
         """A nameserver is back: release the parked waiters, spread over one refresh interval."""

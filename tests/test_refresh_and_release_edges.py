@@ -1,4 +1,4 @@
-"""Review of the round after 5bb7db8: unchanged refreshes, the spread release, hand-offs.
+"""Edges of unchanged refreshes, the spread release after a recovery and the probe hand-off.
 
 Real servers (ZoneServer) and real clients (dnspython) against the stub; each
 test checks one thing a hostile user could break.
