@@ -134,6 +134,36 @@ OUTAGE = srvwatch.Policy(
 )
 
 
+RELEASE = srvwatch.Policy(
+    min_ttl=1.0,
+    max_ttl=1.0,
+    jitter=0.0,
+    timeout=0.1,
+    lifetime=0.3,
+    backoff_base=0.2,
+    backoff_max=0.2,
+    stale_after=0.2,
+)
+"""A 1 s floor without jitter, so a recovery's release takes a whole second to watch."""
+
+
+def a_names(count: int) -> tuple[list[str], str]:
+    """``count`` names with one A record each, and ZONE with them."""
+    names = [f"n{i}.svc.test." for i in range(count)]
+    return names, ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(count))
+
+
+async def _answered_watches(
+    stack: AsyncExitStack, r: srvwatch.Resolver, names: list[str]
+) -> list[Updates]:
+    """An A watch per name, each past its first update, closed with ``stack``."""
+    watches = [await stack.enter_async_context(r.watch(n, "A")) for n in names]
+    with anyio.fail_after(3):
+        for each in watches:
+            await each.__anext__()
+    return watches
+
+
 async def _wait_until(predicate: Callable[[], bool], seconds: float) -> None:
     with anyio.fail_after(seconds):
         while not predicate():  # noqa: ASYNC110 - polls state
@@ -147,8 +177,7 @@ async def test_closing_the_prober_and_its_heirs_together_leaves_a_prober(heirs_t
     carrier's task ends); closed in the same instant too, that loop never takes it, and the
     first parked loop, left open, must still find the recovery. (Trio runs the cancelled
     tasks in random order: with six parked loops closed, the turn is lost in most runs.)"""
-    names = [f"n{i}.svc.test." for i in range(8)]
-    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(8))
+    names, zone = a_names(8)
     async with ZoneServer(zone) as server, srvwatch.Resolver([server.address], policy=OUTAGE) as r:
         health = r.transport.health
         stacks: dict[str, AsyncExitStack] = {}
@@ -187,28 +216,15 @@ async def test_closing_the_prober_and_its_heirs_together_leaves_a_prober(heirs_t
 async def test_closing_the_resolver_mid_release_balances_and_logs_no_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    names = [f"n{i}.svc.test." for i in range(60)]
-    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(60))
-    policy = srvwatch.Policy(
-        min_ttl=1.0,
-        max_ttl=1.0,
-        jitter=0.0,
-        timeout=0.1,
-        lifetime=0.3,
-        backoff_base=0.2,
-        backoff_max=0.2,
-        stale_after=0.2,
-    )
+    names, zone = a_names(60)
+    policy = RELEASE
     caplog.set_level(logging.DEBUG, logger="srvwatch")
     async with ZoneServer(zone) as server:
         r = srvwatch.Resolver([server.address], policy=policy)
         async with r:
             health = r.transport.health
             async with AsyncExitStack() as stack:
-                watches = [await stack.enter_async_context(r.watch(n, "A")) for n in names]
-                with anyio.fail_after(3):
-                    for each in watches:
-                        await each.__anext__()
+                await _answered_watches(stack, r, names)
                 server.inject(Fault(drop=True))
                 await _wait_until(lambda: health.parked >= 50, 5)
                 server.clear_faults()
@@ -228,25 +244,12 @@ async def test_closing_the_resolver_mid_release_balances_and_logs_no_error(
 
 async def test_a_flap_during_the_release_still_releases_every_loop() -> None:
     """Up, down within the release, up again: every parked loop refreshes in the end."""
-    names = [f"n{i}.svc.test." for i in range(40)]
-    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(40))
-    policy = srvwatch.Policy(
-        min_ttl=1.0,
-        max_ttl=1.0,
-        jitter=0.0,
-        timeout=0.1,
-        lifetime=0.3,
-        backoff_base=0.2,
-        backoff_max=0.2,
-        stale_after=0.2,
-    )
+    names, zone = a_names(40)
+    policy = RELEASE
     async with ZoneServer(zone) as server, srvwatch.Resolver([server.address], policy=policy) as r:
         health = r.transport.health
         async with AsyncExitStack() as stack:
-            watches = [await stack.enter_async_context(r.watch(n, "A")) for n in names]
-            with anyio.fail_after(3):
-                for each in watches:
-                    await each.__anext__()
+            watches = await _answered_watches(stack, r, names)
             server.inject(Fault(drop=True))
             await _wait_until(lambda: health.parked >= 35, 5)
             server.clear_faults()
@@ -295,8 +298,7 @@ async def test_closing_watches_and_the_resolver_during_a_catch_up(
 ) -> None:
     """A blocking stall, then half the watches closed and the resolver closed while the
     Ticker is catching up: no error logs, loops and sockets balance, no task left."""
-    names = [f"n{i}.svc.test." for i in range(80)]
-    zone = ZONE + "".join(f"n{i} A 10.1.0.{i}\n" for i in range(80))
+    names, zone = a_names(80)
     policy = srvwatch.Policy(min_ttl=0.3, max_ttl=0.3, jitter=0.2)
     caplog.set_level(logging.DEBUG, logger="srvwatch")
     async with ZoneServer(zone) as server:

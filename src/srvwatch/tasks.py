@@ -99,13 +99,12 @@ class TaskOwner:
             self._scopes.add(scope)
             try:
                 await func(*args)
-            except RuntimeError:
-                if not self.closed:
-                    log.exception("%s: a background task failed", self._owner)
-                else:  # cancelled by the close, it met the closed owner before a checkpoint
+            except Exception as exc:
+                if self.closed and isinstance(exc, RuntimeError):
+                    # Cancelled by the close, it met the closed owner before a checkpoint.
                     log.debug("%s: a task ended by the close", self._owner, exc_info=True)
-            except Exception:
-                log.exception("%s: a background task failed", self._owner)
+                else:
+                    log.exception("%s: a background task failed", self._owner)
             finally:
                 self._scopes.discard(scope)
 
