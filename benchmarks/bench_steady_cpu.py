@@ -22,6 +22,7 @@ asserts them).
 Run::
 
     python -m pytest benchmarks/bench_steady_cpu.py --benchmark-only -p no:randomly -s
+    SRVWATCH_BENCH_ONLY="glue/asyncio,glue/uvloop" python -m pytest ...   # some runs only
     SRVWATCH_BENCH_QUICK=1 python -m pytest benchmarks/bench_steady_cpu.py --benchmark-only \
         -p no:randomly -s                      # CI: 1,000 names, a 10 s window
 
@@ -245,6 +246,10 @@ def planned_runs() -> list[tuple[str, str]]:
     if QUICK:
         return list(QUICK_RUNS)
     pairs = [(v, loop) for v in VARIANTS for loop in LOOPS]
+    only = os.environ.get("SRVWATCH_BENCH_ONLY")  # e.g. "glue/asyncio,no glue/trio"
+    if only:
+        wanted = {tuple(part.strip().split("/")) for part in only.split(",")}
+        pairs = [pair for pair in pairs if pair in wanted]
     return [pair for r in range(ROUNDS) for pair in rotated(pairs, r * 3)]
 
 

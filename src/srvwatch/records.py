@@ -22,7 +22,7 @@ from .flight import Singleflight
 from .metrics import Counters
 from .names import type_text
 from .policy import Policy
-from .reply import Negative, Positive
+from .reply import Negative, Positive, Reply
 from .transport import Transport
 
 __all__ = ["Found", "Records"]
@@ -109,6 +109,24 @@ class Records:
                 return entry, True
             raise failure.error()
         return None
+
+    def repeated(self, fqdn: str, qtype: int, reply: Reply) -> Entry | None:
+        """The stored positive entry ``reply`` repeats but for ID and TTLs, else None."""
+        entry = self.store.peek((fqdn, qtype))
+        if entry is None or type(entry.answer) is not Positive or entry.answer.msg is not reply.msg:
+            return None
+        return entry
+
+    def store_repeated(self, fqdn: str, qtype: int, entry: Entry, reply: Reply) -> Entry:
+        """Store a reply :meth:`repeated` found: the same answer with the reply's TTLs."""
+        previous = entry.answer
+        assert type(previous) is Positive
+        self._counters.unchanged_replies += 1
+        answer = replies.refreshed(previous, reply.data)
+        stored = self.store.put((fqdn, qtype), answer, answer.ttl)
+        if stored is not entry:
+            stored.view = entry.view  # what was derived from it still holds
+        return stored
 
     async def fetch(self, fqdn: str, qtype: int, *, stale_ok: bool = True) -> Found:
         """Ask upstream (one shared flight per question): a :meth:`lookup` the store missed."""

@@ -36,7 +36,7 @@ from .names import (
 )
 from .policy import Policy
 from .records import Records
-from .reply import Positive, malformed_is_server_failure
+from .reply import Positive, Reply, malformed_is_server_failure
 from .srv import Assembler
 from .tasks import TaskOwner
 from .transport import SocketTransport, Transport
@@ -132,6 +132,32 @@ class _Pins:
         self.hold(frozenset())
 
 
+class _QuietSrv:
+    """An SRV watch's refresh as a batch can settle it (see :class:`~srvwatch.watch.Quiet`)."""
+
+    __slots__ = ("_fqdn", "_known", "_resolver")
+
+    def __init__(self, resolver: Resolver, known: _Name) -> None:
+        self._resolver = resolver
+        self._known = known
+        self._fqdn = known.candidates[0]
+
+    def question(self) -> tuple[str, int] | None:
+        entry = self._resolver._store.peek((self._fqdn, wire.TYPE_SRV))
+        if entry is None or entry.view is None:
+            return None  # nothing derived to reuse: the loop refreshes the usual way
+        return self._fqdn, wire.TYPE_SRV
+
+    def settle(self, reply: Reply) -> EndpointSet | None:
+        resolver = self._resolver
+        result = resolver._assembler.repeated_set(self._fqdn, reply)
+        if result is not None:
+            known = self._known
+            known.srv = result
+            known.srv_until = resolver._clock() + resolver.policy.clamp_ttl(result.ttl)
+        return result
+
+
 class Resolver:
     """A caching, coalescing, stale-serving DNS resolver for service discovery.
 
@@ -196,7 +222,12 @@ class Resolver:
         )
         self._assembler = Assembler(self._records, self.policy)
         self._watches = Watches(
-            self.policy, self._counters, clock, self._tasks.spawn, transport.health
+            self.policy,
+            self._counters,
+            clock,
+            self._tasks.spawn,
+            transport.health,
+            send_batch=self._socket_transport.send_batch if self._socket_transport else None,
         )
         self._names: dict[str, _Name] = {}
         self._canonical: dict[tuple[str, ...], _Name] = {}
@@ -437,8 +468,11 @@ class Resolver:
             return result
 
         key = (known.candidates, qtype)
+        quiet = None
+        if qtype == wire.TYPE_SRV and len(known.candidates) == 1:
+            quiet = _QuietSrv(self, known)
         async with self._watches.subscribe(
-            key, known.candidates[0], refresh, on_stop=pins.release
+            key, known.candidates[0], refresh, on_stop=pins.release, quiet=quiet
         ) as updates:
             yield updates
 

@@ -21,7 +21,7 @@ from .endpoints import EndpointSet, canonical_addresses
 from .errors import NoData, NXDomain, ResolveError
 from .policy import Policy
 from .records import Records
-from .reply import Positive
+from .reply import Positive, Reply
 
 __all__ = ["Assembler", "gather"]
 
@@ -92,6 +92,63 @@ class Assembler:
         if refresh:
             return self._build(fqdn, refresh, pins)
         return self._records.flights.run(("srv", fqdn, refresh), self._build, fqdn, refresh)
+
+    def repeated_set(self, fqdn: str, reply: Reply) -> EndpointSet | None:
+        """The endpoint set again from an SRV reply that repeats the stored one (a watch's
+        batched refresh), without waiting: None when a target's addresses must be asked
+        (or changed), or nothing was derived from the stored answer yet."""
+        records = self._records
+        entry = records.repeated(fqdn, wire.TYPE_SRV, reply)
+        if entry is None:
+            return None
+        answer = entry.answer
+        view = entry.view
+        assert type(answer) is Positive
+        if view is None or view[0] is not answer.values or view[1] is not answer.glue:
+            return None
+        previous: EndpointSet = view[2]
+        missing, addresses = view[4], view[5]
+        ttl = math.inf
+        if missing:
+            found = []
+            for target in missing:
+                cached = self._cached_addresses(target)
+                if cached is None:
+                    return None
+                found.append(cached[0])
+                ttl = min(ttl, cached[1])
+            if tuple(found) != addresses:
+                return None
+        entry = records.store_repeated(fqdn, wire.TYPE_SRV, entry, reply)
+        answer = entry.answer
+        assert type(answer) is Positive
+        ttl = min(ttl, entry.ttl)
+        if answer.glue:
+            ttl = min(ttl, self._policy.clamp_ttl(answer.glue_ttl))
+        return previous.with_ttl(ttl, False)
+
+    def _cached_addresses(self, fqdn: str) -> tuple[tuple[str, ...], float] | None:
+        """A target's fresh addresses and their TTL from the store, as a refresh takes them;
+        None when one of A and AAAA must be asked, has failed, or neither has any."""
+        records = self._records
+        found: list[str] = []
+        ttl = math.inf
+        for qtype in (wire.TYPE_A, wire.TYPE_AAAA):
+            try:
+                hit = records.cached(fqdn, qtype, stale_ok=False)
+            except (NXDomain, NoData):
+                continue
+            except ResolveError:
+                return None
+            if hit is None:
+                return None
+            answer = hit[0].answer
+            assert type(answer) is Positive
+            found.extend(answer.values)
+            ttl = min(ttl, hit[0].ttl)
+        if not found:
+            return None
+        return canonical_addresses(found), ttl
 
     async def _build(self, fqdn: str, refresh: bool, pins: Pins | None = None) -> EndpointSet:
         records = self._records

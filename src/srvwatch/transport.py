@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Spawn = Callable[..., None]
+Settle = Callable[[Reply | None], bool]
+"""How a batched query ended: its reply when it is the last one again but for the ID and
+TTLs, else None (no reply, an error rcode, or a new reply kept for the question's next
+query): the caller then takes the usual path. Returns whether it used the reply; a reply
+it did not use is kept for the question's next query too, so it is never asked twice."""
 
 _ANSWER_RCODES = frozenset({wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN})
 """The only rcodes that answer a question; any other moves on to the next nameserver."""
@@ -135,7 +140,17 @@ class _Orphan:
 class _Query:
     """One query as sent, with ID 0, and the question its reply must echo."""
 
-    __slots__ = ("_plain", "asked", "last", "qclass", "qname", "qtype", "same_spans", "template")
+    __slots__ = (
+        "_plain",
+        "asked",
+        "last",
+        "qclass",
+        "qname",
+        "qtype",
+        "received",
+        "same_spans",
+        "template",
+    )
 
     def __init__(self, template: bytes, plain: bytes | None = None) -> None:
         self.template = b"\x00\x00" + template[2:]
@@ -152,6 +167,8 @@ class _Query:
         """The last reply that answered this query, parsed."""
         self.same_spans: tuple[tuple[int, int], ...] = ()
         """The byte ranges of ``last`` outside its ID and TTL fields."""
+        self.received: tuple[Reply, float] | None = None
+        """A new reply a batch received, and until when (``clock``) it answers the next query."""
 
     @property
     def plain(self) -> _Query | None:
@@ -265,19 +282,15 @@ class SocketTransport:
         ``deadline`` it waits as long as it takes, and its lifetime starts
         with the slot (see :meth:`Transport.query`).
         """
-        queries = self._queries
-        question = (qname, qtype)
-        query = queries.get(question)
-        if query is None:
-            query = _Query(
-                wire.build_query(qname, qtype, 0),
-                wire.build_query(qname, qtype, 0, edns_payload=None),
-            )
-            queries[question] = query
-            if len(queries) > self._question_capacity():
-                del queries[next(iter(queries))]
-        else:
-            queries.move_to_end(question)
+        query = self._query_for(qname, qtype)
+        received = query.received
+        if received is not None:
+            # A batch brought a new reply for this question (see send_batch): the caller
+            # it went back to asks now, and gets it without a second query.
+            query.received = None
+            if received[1] > self._clock() and not self._closed:
+                await anyio.lowlevel.checkpoint()
+                return received[0]
         if self._closed:
             raise RuntimeError("transport is closed")
         await self._take_slot(query, deadline)  # inlined _bounded: one coroutine less
@@ -300,6 +313,186 @@ class SocketTransport:
             return await self._exchange(prepared, deadline)
         finally:
             self._give_slot()
+
+    # -- batches ------------------------------------------------------------------
+
+    def send_batch(self, asks: Sequence[tuple[str, int, Settle]]) -> list[Settle]:
+        """Send refreshes due together over shared sockets; one task reads each socket's replies.
+
+        At thousands of watches most refreshes change nothing. One at a time,
+        each costs its loop's task a chain of coroutines, a socket, a timer
+        and a wake-up or two; sent together, a socket and a reader task serve
+        up to ``max_socket_uses`` of them (so source ports still rotate, RFC
+        5452), and each reply is matched by ID and settled by a call. Only a
+        nameserver known up is used, with one query slot per socket. Each ask
+        is settled exactly once, in its reader task, unless it is returned:
+        the asks this could not send (no nameserver up, no free slot, no way
+        to start a task), for their callers to take the usual path.
+        """
+        if not asks:
+            return []
+        server = self._first_up()
+        if server is None or self._spawn is None or self._closed:
+            return [settle for _, _, settle in asks]
+        step = self._max_uses
+        upstream = self.health.upstreams[server]
+        for start in range(0, len(asks), step):
+            chunk = asks[start : start + step]
+            if not upstream.up or self._in_flight >= self._max_in_flight or self._slot_waiters:
+                return [settle for _, _, settle in asks[start:]]
+            self._in_flight += 1
+            try:
+                entry = self._acquire(self.nameservers[server])
+            except OSError:
+                self._give_slot()
+                return [settle for _, _, settle in asks[start:]]
+            entry.uses += len(chunk) - 1
+            pending = self._send_chunk(entry, server, chunk)
+            try:
+                self._spawn(self._collect, entry, server, pending)
+            except RuntimeError:  # the owner is closing
+                self._release(entry, False)
+                self._give_slot()
+                return [settle for _, settle in pending.values()]
+        return []
+
+    def _first_up(self) -> int | None:
+        for i, upstream in enumerate(self.health.upstreams):
+            if upstream.up:
+                return i
+        return None
+
+    def _send_chunk(
+        self, entry: _UdpSocket, server: int, chunk: Sequence[tuple[str, int, Settle]]
+    ) -> dict[int, tuple[_Query, Settle]]:
+        """Send each question under an ID unique on this socket; the asks by ID.
+
+        A send that fails (a server that has gone away: its ICMP port
+        unreachable is reported by the next send on the connected socket)
+        marks the server down and hands back the asks not sent, so a dead
+        server gets a few datagrams, not the whole batch.
+        """
+        pending: dict[int, tuple[_Query, Settle]] = {}
+        ids = os.urandom(2 * len(chunk))
+        send = entry.sock.send
+        counters = self.counters
+        for n, (qname, qtype, settle) in enumerate(chunk):
+            query = self._query_for(qname, qtype)
+            query_id = ids[2 * n : 2 * n + 2]
+            while int.from_bytes(query_id, "big") in pending:
+                query_id = os.urandom(2)
+            try:
+                send(query_id + query.template[2:])
+            except OSError as exc:
+                counters.network_errors += 1
+                self.health.failed(server, f"{self.nameservers[server]}: {exc.strerror or exc}")
+                for _, _, unsent in chunk[n:]:
+                    _settle_safely(unsent, None)  # the usual path: fail over, or fail fast
+                break
+            counters.count_query(qname)
+            pending[int.from_bytes(query_id, "big")] = (query, settle)
+        counters.batches += 1
+        return pending
+
+    async def _collect(
+        self, entry: _UdpSocket, server: int, pending: dict[int, tuple[_Query, Settle]]
+    ) -> None:
+        """Read one batch's replies until each is settled or the attempt timeout passes.
+
+        A timeout marks the nameserver down, as one attempt's does; what was
+        not answered is settled with None, and its callers ask the usual way.
+        """
+        sock = entry.sock
+        budget = self._policy.timeout
+        deadline = self._clock() + budget
+        failure: str | None = None
+        try:
+            await anyio.lowlevel.checkpoint()
+            with anyio.CancelScope(deadline=self._event_loop_time(deadline)):
+                while True:
+                    self._settle_ready(sock, server, pending)
+                    if not pending:
+                        break
+                    await anyio.wait_readable(sock)
+            if pending:
+                self.counters.timeouts += 1
+                failure = f"{self.nameservers[server]} timed out after {budget:.3g}s"
+        except OSError as exc:  # an ICMP port unreachable, most likely
+            self.counters.network_errors += 1
+            failure = f"{self.nameservers[server]}: {exc.strerror or exc}"
+        finally:
+            self._release(entry, not pending)
+            self._give_slot()
+        if failure is not None:
+            self.health.failed(server, failure)
+        for _, settle in pending.values():
+            _settle_safely(settle, None)
+
+    def _settle_ready(
+        self, sock: socket.socket, server: int, pending: dict[int, tuple[_Query, Settle]]
+    ) -> None:
+        """Settle the asks whose replies are queued; a bounded number of reads per wake-up."""
+        name = self._names[self.nameservers[server]]
+        heard = False
+        try:
+            for _ in range(len(pending) + _DRAIN_BATCH):
+                try:
+                    data = sock.recv(_MAX_UDP_RESPONSE)
+                except BlockingIOError:
+                    return
+                heard = self._settle_one(data, name, pending) or heard
+                if not pending:
+                    return
+        finally:
+            if heard:
+                self.health.succeeded(server)  # once per read, not per reply
+
+    def _settle_one(
+        self, data: bytes, name: str, pending: dict[int, tuple[_Query, Settle]]
+    ) -> bool:
+        """Settle the ask ``data`` answers, if any; whether it answered one."""
+        query_id = int.from_bytes(data[:2], "big")
+        ask = pending.get(query_id)
+        if ask is None:
+            self.counters.ignored_responses += 1
+            return False
+        query, settle = ask
+        msg = self._match(data, query_id, query)
+        if msg is None:
+            return False
+        del pending[query_id]
+        last = query.last
+        if last is not None and msg is last[1]:
+            reply = Reply(data, msg, name)
+            if not _settle_safely(settle, reply):
+                query.received = (reply, self._clock() + self._policy.timeout)
+            return True
+        if msg.rcode == wire.RCODE_FORMERR or msg.tc:
+            pass  # the usual path falls back to a query without EDNS, or to TCP
+        elif msg.rcode not in _ANSWER_RCODES:
+            self.counters.server_errors += 1
+        else:
+            query.remember(data, msg)
+            query.received = (Reply(data, msg, name), self._clock() + self._policy.timeout)
+        _settle_safely(settle, None)
+        return True
+
+    def _query_for(self, qname: str, qtype: int) -> _Query:
+        """The prepared query of a (canonical name, type), built once and kept (LRU)."""
+        queries = self._queries
+        question = (qname, qtype)
+        query = queries.get(question)
+        if query is None:
+            query = _Query(
+                wire.build_query(qname, qtype, 0),
+                wire.build_query(qname, qtype, 0, edns_payload=None),
+            )
+            queries[question] = query
+            if len(queries) > self._question_capacity():
+                del queries[next(iter(queries))]
+        else:
+            queries.move_to_end(question)
+        return query
 
     async def _take_slot(self, query: _Query, deadline: float | None) -> None:
         """A slot among ``max_in_flight``, first come first served, by ``deadline`` if one is set.
@@ -674,6 +867,15 @@ class SocketTransport:
     def _event_loop_time(self, deadline: float) -> float:
         """A ``clock`` deadline on the event loop's clock (trio's has an offset)."""
         return anyio.current_time() + (deadline - self._clock())
+
+
+def _settle_safely(settle: Settle, reply: Reply | None) -> bool:
+    """Settle one ask; a failing caller's bug is logged, never the batch's end."""
+    try:
+        return settle(reply)
+    except Exception:
+        log.exception("settling a batched query failed")
+        return False
 
 
 def _next_position(count: int, last: int, refused: set[int]) -> int:

@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -27,8 +27,9 @@ from .errors import NoData, NXDomain, ResolveError
 from .health import Health
 from .metrics import Counters
 from .policy import Policy
+from .reply import Reply
 
-__all__ = ["Step", "Ticker", "Updates", "WatchLoop", "WatchState", "Watches"]
+__all__ = ["Quiet", "Step", "Ticker", "Updates", "WatchLoop", "WatchState", "Watches"]
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,27 @@ Refresh = Callable[[], Awaitable[EndpointSet]]
 _STALE_TICK = 0.05
 """The stale timer wakes at most this often: a flag comes up to this late, and thousands of
 refreshes a second re-arm deadlines without one wake-up each."""
+_LATER_TICKS = 5
+"""What is filed with ``Ticker.later`` comes due every this many ticks (50 ms): in batches."""
 _STALL_TICKS = 3
 """A wake-up this many ticks late means the process stalled: the ticker catches up gradually."""
 _CATCH_UP = 1.5
 """After a stall, the ticker releases the ticks it missed at this many times the real rate."""
 Spawn = Callable[..., None]
+Settle = Callable[[Reply | None], bool]
+SendBatch = Callable[[list[tuple[str, int, Settle]]], list[Settle]]
+"""Sends asks together; returns those it could not send (see ``SocketTransport.send_batch``)."""
+
+
+class Due(Protocol):
+    """Something filed with :meth:`Ticker.later`: skipped if it has finished by its time."""
+
+    @property
+    def finished(self) -> bool: ...
+
+
+OnDue = Callable[[list[Any], bool], None]
+"""Takes what came due in a tick; the flag: the ticker ends, hand it all back."""
 
 
 class Step(NamedTuple):
@@ -144,6 +161,23 @@ class WatchState:
         return True
 
 
+class Quiet(Protocol):
+    """A watch's refresh that can be settled from an unchanged reply, without its loop's task.
+
+    Given by the resolver for the watches it can refresh so (an SRV name
+    with nothing to walk in a search list); see :meth:`Watches.send_due`.
+    """
+
+    def question(self) -> tuple[str, int] | None:
+        """The one (name, type) a refresh asks now, or None when it needs the usual path."""
+        ...
+
+    def settle(self, reply: Reply) -> EndpointSet | None:
+        """The refreshed set from a reply unchanged but for its ID and TTLs; None: it cannot
+        be settled so (something it depends on must be asked), and the loop takes over."""
+        ...
+
+
 class WatchLoop:
     """The one refresh loop of a watched (name, type), shared by its subscribers.
 
@@ -161,9 +195,13 @@ class WatchLoop:
         clock: Clock,
         watches: Watches | None = None,
         on_stop: Callable[[], None] | None = None,
+        quiet: Quiet | None = None,
     ) -> None:
         self.state = WatchState(name, policy)
         self._refresh = refresh
+        self.quiet = quiet
+        self._handback: anyio.Event | None = None
+        """Set while the registry carries this loop's refreshes; set to take them back."""
         self._on_stop = on_stop
         self._counters = counters
         self._clock = clock
@@ -206,9 +244,12 @@ class WatchLoop:
                 watches = self._watches
                 state, health = self.state, watches.health if watches is not None else None
                 sleep = watches.ticker.sleep if watches is not None else anyio.sleep
+                carry = watches is not None and watches.carries and self.quiet is not None
                 while True:
                     delay = await self._next()
-                    if health is None or not state.failures or health.any_up:
+                    if carry and not state.failures:
+                        await self._carried(delay)
+                    elif health is None or not state.failures or health.any_up:
                         await sleep(delay)
                     else:
                         await self._wait_for_upstream(health, delay)
@@ -221,6 +262,53 @@ class WatchLoop:
                 self._on_stop()
             for subscriber in list(self.subscribers):
                 subscriber.wake()
+
+    def _carried(self, delay: float) -> Awaitable[None]:
+        """Let the registry run this loop's refreshes from ``delay`` on, while nothing changes.
+
+        The task waits, for as long as refreshes come back unchanged, on one
+        event set when a refresh needs it: a changed reply, a failure, or
+        targets to ask. It then refreshes at once, the usual way.
+        """
+        assert self._watches is not None
+        event = self._handback = anyio.Event()
+        self._watches.ticker.later(delay, self)
+        return event.wait()
+
+    @property
+    def carried(self) -> bool:
+        """The registry runs this loop's refreshes (its task is waiting for them back)."""
+        return self._handback is not None and not self.finished and not self.scope.cancel_called
+
+    def hand_back(self) -> None:
+        """Wake the task to refresh the usual way now."""
+        event, self._handback = self._handback, None
+        if event is not None:
+            event.set()
+
+    def settle(self, reply: Reply | None) -> bool:
+        """A batched refresh's outcome: published like the task's own, or handed back to it.
+
+        Whether the reply was used: one that was not answers the task's own refresh.
+        """
+        if not self.carried:
+            return False
+        if reply is None:
+            self.hand_back()
+            return False
+        assert self.quiet is not None
+        assert self._watches is not None
+        try:
+            result = self.quiet.settle(reply)
+        except Exception:
+            log.exception("watch %s: cannot settle a batched refresh", self.state.name)
+            result = None
+        if result is None:
+            self.hand_back()
+            return False
+        self._counters.batched_refreshes += 1
+        self._watches.ticker.later(self._after(result), self)
+        return True
 
     def _step_outcome(self, outcome: EndpointSet | BaseException) -> Step:
         state, now = self.state, self._clock()
@@ -295,6 +383,10 @@ class WatchLoop:
             # finds the resolver closed: that is the close, not a bug; let it end the loop.
             await anyio.lowlevel.checkpoint_if_cancelled()
             outcome = exc
+        return self._after(outcome)
+
+    def _after(self, outcome: EndpointSet | BaseException) -> float:
+        """Publish a refresh's outcome and arm the stale timer; the delay to the next refresh."""
         try:
             step = self._step_outcome(outcome)
         except Exception:
@@ -320,14 +412,18 @@ class Ticker:
     tick late, which no refresh schedule (jittered by seconds) notices.
     """
 
-    def __init__(self, spawn: Spawn, tick: float = 0.01) -> None:
+    def __init__(self, spawn: Spawn, tick: float = 0.01, on_due: OnDue | None = None) -> None:
         self._spawn = spawn
         self._tick = tick
+        self._on_due = on_due
         self._events: dict[int, anyio.Event] = {}
         """Tick -> the event its sleepers wait on."""
+        self._due: dict[int, list[Due]] = {}
+        """Tick -> what was filed with :meth:`later` for it."""
         self._ticks: list[int] = []
         self._running = False
-        self._wake: anyio.Event | None = None
+        self._wake: anyio.CancelScope | None = None
+        """Cancelled to wake the sleeping runner early (a tick sooner than it sleeps to)."""
         self._sleeping_until = math.inf
         self._stopped = 0
 
@@ -344,13 +440,37 @@ class Ticker:
         event = self._events.get(tick)
         if event is None:
             event = self._events[tick] = anyio.Event()
-            heapq.heappush(self._ticks, tick)
-            if not self._running:
-                self._running = True
-                self._spawn(self._run)
-            elif self._wake is not None and tick * self._tick < self._sleeping_until:
-                self._wake.set()
+            if tick not in self._due:
+                self._new_tick(tick)
         return event.wait()
+
+    def later(self, delay: float, item: Due) -> None:
+        """Hand ``item`` to ``on_due`` in ``delay`` seconds, with everything else due then.
+
+        No task waits: what comes due together is handled in one call (a
+        batch of refreshes sent together), on the same schedule as sleepers,
+        catch-up after a stall included. Items are grouped every
+        ``_LATER_TICKS`` ticks, so batches are larger and fewer: each costs a
+        socket, a task and a wait for its replies (10,000 watches: 7.6-8.9% of
+        a core on uvloop at 50 ms, 9.9-13.8% at 10 ms). An item that has
+        finished by then is skipped.
+        """
+        group = self._tick * _LATER_TICKS
+        tick = math.ceil((anyio.current_time() + max(delay, 0.0)) / group) * _LATER_TICKS
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = []
+            if tick not in self._events:
+                self._new_tick(tick)
+        due.append(item)
+
+    def _new_tick(self, tick: int) -> None:
+        heapq.heappush(self._ticks, tick)
+        if not self._running:
+            self._running = True
+            self._spawn(self._run)
+        elif self._wake is not None and tick * self._tick < self._sleeping_until:
+            self._wake.cancel()
 
     def sleeper_stopped(self) -> None:
         """A task that may have been sleeping here ended (a watch closed mid-sleep).
@@ -366,19 +486,34 @@ class Ticker:
         self._stopped = 0
         for tick in [t for t, event in events.items() if not event.statistics().tasks_waiting]:
             del events[tick]
-        if len(self._ticks) > 2 * len(events) + 64:  # mostly dropped ticks
-            self._ticks[:] = list(events)
+        due = self._due
+        for tick, items in list(due.items()):
+            kept = [item for item in items if not item.finished]
+            if kept:
+                due[tick] = kept
+            else:
+                del due[tick]
+        if len(self._ticks) > 2 * (len(events) + len(due)) + 64:  # mostly dropped ticks
+            self._ticks[:] = list(events.keys() | due.keys())
             heapq.heapify(self._ticks)
 
     def _release_until(self, limit: float) -> bool:
         """Set the events of the ticks due by ``limit``; whether any had a sleeper."""
-        ticks, events, size = self._ticks, self._events, self._tick
+        ticks, events, due, size = self._ticks, self._events, self._due, self._tick
         released = False
+        items: list[Due] = []
         while ticks and ticks[0] * size <= limit:
-            event = events.pop(heapq.heappop(ticks), None)
+            tick = heapq.heappop(ticks)
+            event = events.pop(tick, None)
             if event is not None:  # None: dropped, its sleepers all gone
                 event.set()
                 released = True
+            filed = due.pop(tick, None)
+            if filed:
+                items += filed
+                released = True
+        if items and self._on_due is not None:
+            self._on_due(items, False)
         return released
 
     async def _run(self) -> None:
@@ -418,11 +553,21 @@ class Ticker:
                 if not ticks:
                     break
                 intended = ticks[0] * size if cursor is None else now + size
+                if intended - now <= size:
+                    # The next tick (a busy schedule): nothing can come due sooner, so a
+                    # plain sleep, without even a cancel scope to enter and leave.
+                    await anyio.sleep(intended - now)
+                    continue
                 self._sleeping_until = intended
-                self._wake = anyio.Event()
-                with anyio.move_on_after(intended - now):
-                    await self._wake.wait()
+                # A timer, woken early by cancelling the scope: not an event waited on under
+                # a deadline. A deadline that passes is a cancellation, an exception raised
+                # and caught on every wake-up, and on uvloop, whose timers fire up to a
+                # millisecond early, its timer re-arms itself about a hundred times first
+                # (measured: 112,000 early firings for 1,050 deadlines).
+                with anyio.CancelScope() as self._wake:
+                    await anyio.sleep(intended - now)
                 self._wake = None
+                self._sleeping_until = math.inf
         finally:
             self._running = False
             self._wake = None
@@ -431,7 +576,11 @@ class Ticker:
             for event in events.values():  # the owner is closing: let no sleeper hang
                 event.set()
             events.clear()
+            due = [item for items in self._due.values() for item in items]
+            self._due.clear()
             ticks.clear()
+            if due and self._on_due is not None:
+                self._on_due(due, True)
 
 
 class Updates:
@@ -502,8 +651,10 @@ class Watches:
         clock: Clock,
         spawn: Spawn,
         health: Health | None = None,
+        send_batch: SendBatch | None = None,
     ) -> None:
         self._policy = policy
+        self._send_batch = send_batch
         self._counters = counters
         self._clock = clock
         self._spawn = spawn
@@ -517,9 +668,41 @@ class Watches:
         self._void = 0
         """Slots in the buckets, and those of them void (the loop stopped or was filed earlier)."""
         self._timer_running = False
-        self.ticker = Ticker(spawn)
-        self._timer_wake: anyio.Event | None = None
+        self.ticker = Ticker(spawn, on_due=self.send_due)
+        self._timer_wake: anyio.CancelScope | None = None
         self._timer_until = math.inf
+
+    @property
+    def carries(self) -> bool:
+        """Refreshes of loops with a :class:`Quiet` side are sent in batches (see send_due)."""
+        return self._send_batch is not None
+
+    def send_due(self, loops: list[Any], closing: bool = False) -> None:
+        """Send the refreshes of the carried loops due in one tick together.
+
+        A loop whose refresh cannot go so (it must ask more than one
+        question, or the batch cannot be sent) is handed back to its task.
+        """
+        asks: list[tuple[str, int, Settle]] = []
+        for loop in loops:
+            assert isinstance(loop, WatchLoop)
+            if not loop.carried:
+                continue
+            question = None
+            if not closing:
+                assert loop.quiet is not None
+                try:
+                    question = loop.quiet.question()
+                except Exception:
+                    log.exception("watch %s: cannot batch a refresh", loop.name)
+            if question is None:
+                loop.hand_back()
+            else:
+                asks.append((question[0], question[1], loop.settle))
+        if asks:
+            assert self._send_batch is not None
+            for settle in self._send_batch(asks):
+                settle(None)
 
     def use_policy(self, policy: Policy) -> None:
         """Follow a new policy from each loop's next decision on (a sidecar reload)."""
@@ -554,7 +737,7 @@ class Watches:
             self._timer_running = True
             self._spawn(self._stale_timer)
         elif self._timer_wake is not None and tick * _STALE_TICK < self._timer_until:
-            self._timer_wake.set()  # an earlier deadline than the one being slept on
+            self._timer_wake.cancel()  # an earlier deadline than the one being slept on
 
     def _file(self, tick: int, loop: WatchLoop) -> None:
         loop.stale_tick = tick
@@ -591,10 +774,12 @@ class Watches:
                 if not ticks:
                     break
                 self._timer_until = max(ticks[0] * _STALE_TICK, now + _STALE_TICK)
-                self._timer_wake = anyio.Event()
-                with anyio.move_on_after(self._timer_until - now):
-                    await self._timer_wake.wait()
-                self._timer_wake = None
+                if self._timer_until - now <= _STALE_TICK:
+                    await anyio.sleep(self._timer_until - now)  # nothing can be due sooner
+                else:
+                    with anyio.CancelScope() as self._timer_wake:  # woken as Ticker._run is
+                        await anyio.sleep(self._timer_until - now)
+                    self._timer_wake = None
                 if clock() - self._timer_until > _STALE_TICK:
                     # Woke late: the process was stalled (a long GC pause, a blocking call).
                     # The refreshes due meanwhile go out and queued answers are read first,
@@ -621,6 +806,7 @@ class Watches:
         name: str,
         refresh: Refresh,
         on_stop: Callable[[], None] | None = None,
+        quiet: Quiet | None = None,
     ) -> AsyncIterator[Updates]:
         """Subscribe to ``key``'s loop, started with ``refresh`` (and ``on_stop``) if new.
 
@@ -630,7 +816,7 @@ class Watches:
         loop = self._loops.get(key)
         if loop is None:
             loop = WatchLoop(
-                name, refresh, self._policy, self._counters, self._clock, self, on_stop
+                name, refresh, self._policy, self._counters, self._clock, self, on_stop, quiet
             )
             self._loops[key] = loop
             self._spawn(self._run_loop, key, loop)
