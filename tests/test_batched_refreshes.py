@@ -227,6 +227,20 @@ class Item:
         self.finished = False
 
 
+class CountingItem:
+    """An item that counts how often the ticker asks whether it has finished."""
+
+    reads = 0
+
+    def __init__(self) -> None:
+        self.done = False
+
+    @property
+    def finished(self) -> bool:
+        CountingItem.reads += 1
+        return self.done
+
+
 async def test_the_ticker_hands_over_later_items_in_groups() -> None:
     """Items filed with ``later`` come due together every fifth tick, in one call; finished
     ones stay filed only until the next clean-up, and a closing ticker hands back the rest."""
@@ -255,8 +269,26 @@ async def test_the_ticker_hands_over_later_items_in_groups() -> None:
             ticker.later(60.0, item)
             item.finished = True
         ticker.later(60.0, keep := Item())
-        for _ in range(4):
+        for _ in far:  # each finished item's loop ended
             ticker.sleeper_stopped()
         assert sum(map(len, ticker._due.values())) == 1
         tg.cancel_scope.cancel()
     assert [(items, closing) for items, closing, _ in calls] == [([keep], True)]
+
+
+async def test_closing_many_carried_watches_costs_linear_work() -> None:
+    """Each stopped loop tells the ticker; the clean-up of finished items is amortized.
+    Before, with carried loops (no sleepers) every stop swept every filed item: closing
+    2,000 watches read ``finished`` about two million times."""
+    async with anyio.create_task_group() as tg:
+        ticker = Ticker(tg.start_soon, tick=0.01, on_due=lambda items, closing: None)
+        items = [CountingItem() for _ in range(2000)]
+        for item in items:
+            ticker.later(60.0, item)
+        CountingItem.reads = 0
+        for item in items:
+            item.done = True
+            ticker.sleeper_stopped()
+        assert CountingItem.reads <= 8 * len(items), CountingItem.reads
+        assert sum(map(len, ticker._due.values())) <= len(items) // 2
+        tg.cancel_scope.cancel()
