@@ -53,6 +53,7 @@ class Records:
         self._policy = policy
         self._counters = counters
         self._clock = clock
+        self.clock = clock
 
     def use_policy(self, policy: Policy) -> None:
         """Follow a new policy from the next decision on (a sidecar reload)."""
@@ -127,6 +128,27 @@ class Records:
         if stored is not entry:
             stored.view = entry.view  # what was derived from it still holds
         return stored
+
+    def store_if_repeated(self, fqdn: str, qtype: int, reply: Reply) -> bool:
+        """Store ``reply`` if it repeats the stored answer, positive or negative; whether it did.
+
+        A negative answer is taken only byte for byte (its TTL comes from the
+        SOA record, derived the usual way when that changes).
+        """
+        entry = self.store.peek((fqdn, qtype))
+        if entry is None:
+            return False
+        answer = entry.answer
+        if type(answer) is Positive:
+            if answer.msg is not reply.msg:
+                return False
+            self.store_repeated(fqdn, qtype, entry, reply)
+            return True
+        if type(answer) is not Negative or reply.data[2:] != answer.data[2:]:
+            return False
+        self._counters.unchanged_replies += 1
+        self.store.put((fqdn, qtype), answer, answer.ttl)
+        return True
 
     async def fetch(self, fqdn: str, qtype: int, *, stale_ok: bool = True) -> Found:
         """Ask upstream (one shared flight per question): a :meth:`lookup` the store missed."""

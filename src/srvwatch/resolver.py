@@ -46,6 +46,8 @@ __all__ = ["Answer", "Resolver", "watch"]
 
 T = TypeVar("T")
 _WATCH_TYPES = (wire.TYPE_SRV, wire.TYPE_A, wire.TYPE_AAAA)
+_TARGET_MARGIN = 0.1
+"""Seconds: a target answer expiring this soon is refreshed with the SRV records it serves."""
 _DECODED_BY_DNSPYTHON = (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_SRV, wire.TYPE_CNAME)
 
 
@@ -142,15 +144,18 @@ class _QuietSrv:
         self._known = known
         self._fqdn = known.candidates[0]
 
-    def question(self) -> tuple[str, int] | None:
-        entry = self._resolver._store.peek((self._fqdn, wire.TYPE_SRV))
-        if entry is None or entry.view is None:
-            return None  # nothing derived to reuse: the loop refreshes the usual way
-        return self._fqdn, wire.TYPE_SRV
+    def questions(self) -> list[tuple[str, int]] | None:
+        # Targets expired, or expiring before the replies are in, are asked along with the
+        # SRV records; the others are asked by a later refresh, on their own TTL.
+        return self._resolver._assembler.due_questions(self._fqdn, _TARGET_MARGIN)
 
-    def settle(self, reply: Reply) -> EndpointSet | None:
+    def settle(self, replies: list[Reply]) -> EndpointSet | None:
         resolver = self._resolver
-        result = resolver._assembler.repeated_set(self._fqdn, reply)
+        records = resolver._records
+        for reply in replies[1:]:  # targets' addresses: stored first, then the set is built
+            if not records.store_if_repeated(reply.msg.qname, reply.msg.qtype, reply):
+                return None
+        result = resolver._assembler.repeated_set(self._fqdn, replies[0])
         if result is not None:
             known = self._known
             known.srv = result

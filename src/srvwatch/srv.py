@@ -93,6 +93,25 @@ class Assembler:
             return self._build(fqdn, refresh, pins)
         return self._records.flights.run(("srv", fqdn, refresh), self._build, fqdn, refresh)
 
+    def due_questions(self, fqdn: str, margin: float) -> list[tuple[str, int]] | None:
+        """What a refresh of ``fqdn``'s endpoint set asks: the SRV question, and each
+        target without glue whose A or AAAA answer expires within ``margin`` (targets are
+        refreshed on their own TTL). None when nothing is derived to reuse yet."""
+        records = self._records
+        entry = records.store.peek((fqdn, wire.TYPE_SRV))
+        if entry is None or entry.view is None:
+            return None
+        questions = [(fqdn, wire.TYPE_SRV)]
+        missing = entry.view[4]
+        if missing:
+            until = records.clock() + margin
+            for target in missing:
+                for qtype in (wire.TYPE_A, wire.TYPE_AAAA):
+                    cached = records.store.peek((target, qtype))
+                    if cached is None or cached.answer is None or cached.expires_at <= until:
+                        questions.append((target, qtype))
+        return questions
+
     def repeated_set(self, fqdn: str, reply: Reply) -> EndpointSet | None:
         """The endpoint set again from an SRV reply that repeats the stored one (a watch's
         batched refresh), without waiting: None when a target's addresses must be asked

@@ -348,6 +348,10 @@ class SocketTransport:
                 return [settle for _, _, settle in asks[start:]]
             entry.uses += len(chunk) - 1
             pending = self._send_chunk(entry, server, chunk)
+            if not pending:  # every send failed: the asks went back as they failed
+                self._release(entry, False)
+                self._give_slot()
+                continue
             try:
                 self._spawn(self._collect, entry, server, pending)
             except RuntimeError:  # the owner is closing

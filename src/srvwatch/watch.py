@@ -168,13 +168,13 @@ class Quiet(Protocol):
     with nothing to walk in a search list); see :meth:`Watches.send_due`.
     """
 
-    def question(self) -> tuple[str, int] | None:
-        """The one (name, type) a refresh asks now, or None when it needs the usual path."""
+    def questions(self) -> list[tuple[str, int]] | None:
+        """The (name, type) questions a refresh asks now, or None for the usual path."""
         ...
 
-    def settle(self, reply: Reply) -> EndpointSet | None:
-        """The refreshed set from a reply unchanged but for its ID and TTLs; None: it cannot
-        be settled so (something it depends on must be asked), and the loop takes over."""
+    def settle(self, replies: list[Reply]) -> EndpointSet | None:
+        """The refreshed set from the replies to :meth:`questions`, each unchanged but for
+        its ID and TTLs; None: they cannot be settled so, and the loop takes over."""
         ...
 
 
@@ -202,6 +202,8 @@ class WatchLoop:
         self.quiet = quiet
         self._handback: anyio.Event | None = None
         """Set while the registry carries this loop's refreshes; set to take them back."""
+        self._gathering: _Gathering | None = None
+        """The batched refresh of several questions whose replies are coming in."""
         self._on_stop = on_stop
         self._counters = counters
         self._clock = clock
@@ -282,6 +284,7 @@ class WatchLoop:
 
     def hand_back(self) -> None:
         """Wake the task to refresh the usual way now."""
+        self._gathering = None
         event, self._handback = self._handback, None
         if event is not None:
             event.set()
@@ -296,10 +299,14 @@ class WatchLoop:
         if reply is None:
             self.hand_back()
             return False
+        return self.settle_all([reply])
+
+    def settle_all(self, replies: list[Reply]) -> bool:
+        """Settle a batched refresh from the replies to all its questions; whether it could."""
         assert self.quiet is not None
         assert self._watches is not None
         try:
-            result = self.quiet.settle(reply)
+            result = self.quiet.settle(replies)
         except Exception:
             log.exception("watch %s: cannot settle a batched refresh", self.state.name)
             result = None
@@ -398,6 +405,39 @@ class WatchLoop:
         if self._watches is not None and not self.state.failures:
             self._watches.expect_answer_by(self, self.state.good_until)
         return step.delay
+
+
+class _Gathering:
+    """The replies to one batched refresh of several questions (an SRV set and targets to
+    refresh), settled together once the last one is in."""
+
+    __slots__ = ("left", "loop", "replies")
+
+    def __init__(self, loop: WatchLoop, questions: int) -> None:
+        self.loop = loop
+        self.replies: list[Any] = [None] * questions
+        self.left = questions
+
+    def settler(self, i: int) -> Settle:
+        return lambda reply: self.settle(i, reply)
+
+    def settle(self, i: int, reply: Reply | None) -> bool:
+        """Keep reply ``i``; settle the refresh when it is the last. A reply that comes in
+        before the last is not used yet, so it is kept for the question's next query too:
+        if the refresh is handed back, the loop's own lookups take it, and nothing is asked
+        twice."""
+        loop = self.loop
+        if loop._gathering is not self or not loop.carried:
+            return False
+        if reply is None:
+            loop.hand_back()
+            return False
+        self.replies[i] = reply
+        self.left -= 1
+        if self.left:
+            return False
+        loop._gathering = None
+        return loop.settle_all(self.replies)
 
 
 class Ticker:
@@ -695,17 +735,21 @@ class Watches:
             assert isinstance(loop, WatchLoop)
             if not loop.carried:
                 continue
-            question = None
+            questions = None
             if not closing:
                 assert loop.quiet is not None
                 try:
-                    question = loop.quiet.question()
+                    questions = loop.quiet.questions()
                 except Exception:
                     log.exception("watch %s: cannot batch a refresh", loop.name)
-            if question is None:
+            if not questions:
                 loop.hand_back()
+            elif len(questions) == 1:
+                asks.append((questions[0][0], questions[0][1], loop.settle))
             else:
-                asks.append((question[0], question[1], loop.settle))
+                gathering = loop._gathering = _Gathering(loop, len(questions))
+                for i, (qname, qtype) in enumerate(questions):
+                    asks.append((qname, qtype, gathering.settler(i)))
         if asks:
             assert self._send_batch is not None
             for settle in self._send_batch(asks):
