@@ -255,7 +255,7 @@ async def test_the_ticker_hands_over_later_items_in_groups() -> None:
             ticker.later(60.0, item)
             item.finished = True
         ticker.later(60.0, keep := Item())
-        for _ in range(4):
+        for _ in far:  # one stop per loop that ended
             ticker.sleeper_stopped()
         assert sum(map(len, ticker._due.values())) == 1
         tg.cancel_scope.cancel()
