@@ -29,6 +29,8 @@ class Hostile:
 
     address: str
     received: list[bytes] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    """The source port of each UDP query received (RFC 5452: they must keep changing)."""
 
     @property
     def queries(self) -> int:
@@ -47,6 +49,7 @@ async def hostile_server(respond: Respond, *, tcp: Respond | None = None) -> Asy
         async def serve_udp() -> None:
             async for data, (host, peer_port) in udp:
                 server.received.append(data)
+                server.ports.append(peer_port)
                 reply = respond(data)
                 if reply is not None:
                     await udp.sendto(reply, host, peer_port)

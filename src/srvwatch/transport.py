@@ -327,25 +327,32 @@ class SocketTransport:
         nameserver known up is used, with one query slot per socket. Each ask
         is settled exactly once, in its reader task, unless it is returned:
         the asks this could not send (no nameserver up, no free slot, no way
-        to start a task), for their callers to take the usual path.
+        to start a task), for their callers to take the usual path. When a
+        nameserver ahead of the one used is down and due a probe, the first
+        ask is returned too: its caller's query carries the probe, or a
+        preferred nameserver that recovers would never be tried again.
         """
         if not asks:
             return []
         server = self._first_up()
         if server is None or self._spawn is None or self._closed:
             return [settle for _, _, settle in asks]
+        usual: list[Settle] = []
+        if server and self.health.probe_due(server):
+            usual.append(asks[0][2])
+            asks = asks[1:]
         step = self._max_uses
         upstream = self.health.upstreams[server]
         for start in range(0, len(asks), step):
             chunk = asks[start : start + step]
             if not upstream.up or self._in_flight >= self._max_in_flight or self._slot_waiters:
-                return [settle for _, _, settle in asks[start:]]
+                return usual + [settle for _, _, settle in asks[start:]]
             self._in_flight += 1
             try:
                 entry = self._acquire(self.nameservers[server])
             except OSError:
                 self._give_slot()
-                return [settle for _, _, settle in asks[start:]]
+                return usual + [settle for _, _, settle in asks[start:]]
             entry.uses += len(chunk) - 1
             pending = self._send_chunk(entry, server, chunk)
             try:
@@ -353,8 +360,8 @@ class SocketTransport:
             except RuntimeError:  # the owner is closing
                 self._release(entry, False)
                 self._give_slot()
-                return [settle for _, settle in pending.values()]
-        return []
+                return usual + [settle for _, settle in pending.values()]
+        return usual
 
     def _first_up(self) -> int | None:
         for i, upstream in enumerate(self.health.upstreams):
