@@ -150,6 +150,7 @@ class _Query:
         "received",
         "same_spans",
         "template",
+        "udp_unusable",
     )
 
     def __init__(self, template: bytes, plain: bytes | None = None) -> None:
@@ -169,6 +170,9 @@ class _Query:
         """The byte ranges of ``last`` outside its ID and TTL fields."""
         self.received: tuple[Reply, float] | None = None
         """A new reply a batch received, and until when (``clock``) it answers the next query."""
+        self.udp_unusable = False
+        """Its last UDP reply was truncated or FORMERR (no EDNS): not batched, for a batch's
+        reply would be thrown away and the query asked again over UDP before TCP."""
 
     @property
     def plain(self) -> _Query | None:
@@ -385,6 +389,9 @@ class SocketTransport:
         counters = self.counters
         for n, (qname, qtype, settle) in enumerate(chunk):
             query = self._query_for(qname, qtype)
+            if query.udp_unusable:
+                _settle_safely(settle, None)  # the usual path: TCP, or no EDNS, after one query
+                continue
             query_id = ids[2 * n : 2 * n + 2]
             while int.from_bytes(query_id, "big") in pending:
                 query_id = os.urandom(2)
@@ -475,7 +482,7 @@ class SocketTransport:
                 query.received = (reply, self._clock() + self._policy.timeout)
             return True
         if msg.rcode == wire.RCODE_FORMERR or msg.tc:
-            pass  # the usual path falls back to a query without EDNS, or to TCP
+            query.udp_unusable = True  # the usual path falls back to no EDNS, or to TCP
         elif msg.rcode not in _ANSWER_RCODES:
             self.counters.server_errors += 1
         else:
@@ -641,6 +648,7 @@ class SocketTransport:
         counters = self.counters
         try:
             data, msg = await self._udp(server, query, deadline)
+            query.udp_unusable = msg.tc or msg.rcode == wire.RCODE_FORMERR
             if msg.rcode == wire.RCODE_FORMERR and query.plain is not None:
                 # Old servers reject EDNS with FORMERR: ask once more without it (RFC 6891 §7).
                 counters.edns_fallbacks += 1
