@@ -345,10 +345,9 @@ class SocketTransport:
         if server and self.health.probe_due(server):
             usual.append(asks[0][2])
             asks = asks[1:]
-        step = self._max_uses
         upstream = self.health.upstreams[server]
-        for start in range(0, len(asks), step):
-            chunk = asks[start : start + step]
+        start = 0
+        while start < len(asks):
             if not upstream.up or self._in_flight >= self._max_in_flight or self._slot_waiters:
                 return usual + [settle for _, _, settle in asks[start:]]
             self._in_flight += 1
@@ -357,14 +356,18 @@ class SocketTransport:
             except OSError:
                 self._give_slot()
                 return usual + [settle for _, _, settle in asks[start:]]
-            entry.uses += len(chunk) - 1
+            # As many as the socket has uses left (a pooled one has carried queries already).
+            chunk = asks[start : start + self._max_uses - entry.uses + 1]
+            start += len(chunk)
             pending = self._send_chunk(entry, server, chunk)
+            entry.uses += max(len(pending) - 1, 0)
             try:
                 self._spawn(self._collect, entry, server, pending)
             except RuntimeError:  # the owner is closing
                 self._release(entry, False)
                 self._give_slot()
-                return usual + [settle for _, settle in pending.values()]
+                unsent = [settle for _, _, settle in asks[start:]]
+                return usual + [settle for _, settle in pending.values()] + unsent
         return usual
 
     def _first_up(self) -> int | None:
