@@ -205,3 +205,30 @@ async def test_closing_many_carried_watches_costs_time_linear_in_their_number() 
         assert sum(map(len, ticker._due.values())) <= count // 2  # still cleaned up
         tg.cancel_scope.cancel()
     assert elapsed < 1.0, elapsed  # quadratic: 5-8 s here; linear: under 0.1 s
+
+
+async def test_a_name_the_primary_fails_is_not_asked_of_it_twice_per_refresh() -> None:
+    """The first nameserver answers SERVFAIL for one name, the second answers it: each
+    refresh asks the first, then the second, as before batching. The batch's SERVFAIL was
+    thrown away and the loop asked the first nameserver again: two SERVFAILs a refresh."""
+    text = zone_text(2)
+    async with ZoneServer(text, origin=ORIGIN) as primary, ZoneServer(text, origin=ORIGIN) as backup:
+        primary.inject(Fault(rcode="SERVFAIL", name=name(0)))
+        servers = [primary.address, backup.address]
+        async with srvwatch.Resolver(servers, policy=policy()) as r:
+            async with r.watch(name(0)) as stream, r.watch(name(1)) as other:
+                await first(stream)
+                await first(other)
+                await anyio.sleep(0.5)
+                failed = primary.query_count(name(0), "SRV")
+                answered = backup.query_count(name(0), "SRV")
+                await anyio.sleep(2.0)
+                failed = primary.query_count(name(0), "SRV") - failed
+                answered = backup.query_count(name(0), "SRV") - answered
+                assert answered >= 2.0 / (FLOOR * (1 + JITTER)) * 0.6, answered
+                assert failed <= answered + 2, (failed, answered)
+                for latest in (stream.latest(), other.latest()):
+                    assert latest is not None and not latest.stale and len(latest.endpoints) == 1
+                assert r.upstreams()[0]["up"]
+                assert backup.query_count(name(1), "SRV") == 0  # the other name stays on the first
+    balanced(r.stats())

@@ -143,6 +143,7 @@ class _Query:
     __slots__ = (
         "_plain",
         "asked",
+        "failed_by",
         "last",
         "qclass",
         "qname",
@@ -170,6 +171,9 @@ class _Query:
         """The byte ranges of ``last`` outside its ID and TTL fields."""
         self.received: tuple[Reply, float] | None = None
         """A new reply a batch received, and until when (``clock``) it answers the next query."""
+        self.failed_by: tuple[int, str, float] | None = None
+        """A nameserver (position) that answered a batch with an error rcode, what it said, and
+        until when (``clock``): the next query starts past it, as after its own such answer."""
         self.udp_unusable = False
         """Its last UDP reply was truncated or FORMERR (no EDNS): not batched, for a batch's
         reply would be thrown away and the query asked again over UDP before TCP."""
@@ -295,12 +299,19 @@ class SocketTransport:
             if received[1] > self._clock() and not self._closed:
                 await anyio.lowlevel.checkpoint()
                 return received[0]
+        failed_by = query.failed_by
+        if failed_by is not None:
+            query.failed_by = None
+            if failed_by[2] <= self._clock():
+                failed_by = None
         if self._closed:
             raise RuntimeError("transport is closed")
         await self._take_slot(query, deadline)  # inlined _bounded: one coroutine less
         try:
             lifetime = self._clock() + self._policy.lifetime
-            return await self._exchange(query, lifetime if deadline is None else deadline)
+            return await self._exchange(
+                query, lifetime if deadline is None else deadline, failed_by
+            )
         finally:
             self._give_slot()
 
@@ -457,7 +468,7 @@ class SocketTransport:
                     data = sock.recv(_MAX_UDP_RESPONSE)
                 except BlockingIOError:
                     return
-                heard = self._settle_one(data, name, pending) or heard
+                heard = self._settle_one(data, server, name, pending) or heard
                 if not pending:
                     return
         finally:
@@ -465,7 +476,7 @@ class SocketTransport:
                 self.health.succeeded(server)  # once per read, not per reply
 
     def _settle_one(
-        self, data: bytes, name: str, pending: dict[int, tuple[_Query, Settle]]
+        self, data: bytes, server: int, name: str, pending: dict[int, tuple[_Query, Settle]]
     ) -> bool:
         """Settle the ask ``data`` answers, if any; whether it answered one."""
         query_id = int.from_bytes(data[:2], "big")
@@ -488,6 +499,8 @@ class SocketTransport:
             query.udp_unusable = True  # the usual path falls back to no EDNS, or to TCP
         elif msg.rcode not in _ANSWER_RCODES:
             self.counters.server_errors += 1
+            why = f"{name} answered {_rcode_text(msg.rcode)}"
+            query.failed_by = (server, why, self._clock() + self._policy.timeout)
         else:
             query.remember(data, msg)
             query.received = (Reply(data, msg, name), self._clock() + self._policy.timeout)
@@ -548,7 +561,9 @@ class SocketTransport:
         else:
             self._in_flight -= 1
 
-    async def _exchange(self, query: _Query, deadline: float) -> Reply:
+    async def _exchange(
+        self, query: _Query, deadline: float, failed_by: tuple[int, str, float] | None = None
+    ) -> Reply:
         """One lookup: the first reply that answers, walking the nameservers by position.
 
         NOERROR and NXDOMAIN are answers; any other rcode moves on to the next
@@ -558,7 +573,8 @@ class SocketTransport:
         its one probe, so when none is usable the lookup fails at once with a
         :class:`ResolveTimeout` that says the upstream is down. Rounds over
         the nameservers pause with jitter; no sleep and no attempt runs past
-        the lifetime.
+        the lifetime. ``failed_by``: a batch's error answer to the same
+        question (see ``_Query.failed_by``), counted as this lookup's own.
         """
         servers = self.nameservers
         health = self.health
@@ -566,6 +582,9 @@ class SocketTransport:
         clock = self._clock
         answered_badly: set[int] = set()
         last_failure: _AttemptFailed | None = None
+        if failed_by is not None:  # a batch's query has just had this answer (see send_batch)
+            answered_badly.add(failed_by[0])
+            last_failure = _AttemptRcode(failed_by[1])
         position = -1
         rounds = 0
         while True:
