@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import anyio
@@ -21,7 +21,6 @@ import dns.rrset
 import pytest
 
 import srvwatch
-from srvwatch import wire
 from srvwatch.testing import Fault, ZoneServer
 from srvwatch.watch import Ticker
 from tests.hostile import hostile_server
@@ -57,6 +56,23 @@ async def first(updates: srvwatch.Updates, limit: float = 3.0) -> srvwatch.Updat
         return await updates.__anext__()
 
 
+async def eventually(predicate: Callable[[], bool], within: float) -> None:
+    """Return once ``predicate()`` holds, polled every 50 ms; fail after ``within`` seconds."""
+    for _ in range(round(within / 0.05)):
+        if predicate():
+            return
+        await anyio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def fresh(stream: srvwatch.Updates) -> None:
+    """The stream's latest state: its one endpoint, not stale."""
+    latest = stream.latest()
+    assert latest is not None
+    assert not latest.stale, latest
+    assert len(latest.endpoints) == 1, latest
+
+
 def srv_reply(query: bytes, *, edns: bool = True) -> bytes:
     """An SRV answer with in-bailiwick glue for whatever SRV name was asked."""
     msg = dns.message.from_wire(query)
@@ -82,31 +98,29 @@ async def test_a_preferred_nameserver_that_recovers_is_probed_and_used_again() -
     only to a server known up, so with every watch carried it was never probed again and
     stayed down (and the secondary took every query) for as long as the watches ran."""
     text = zone_text(4)
-    async with ZoneServer(text, origin=ORIGIN) as primary, ZoneServer(text, origin=ORIGIN) as backup:
+    async with (
+        ZoneServer(text, origin=ORIGIN) as primary,
+        ZoneServer(text, origin=ORIGIN) as backup,
+    ):
         servers = [primary.address, backup.address]
         async with srvwatch.Resolver(servers, policy=policy()) as r, AsyncExitStack() as stack:
             streams = [await stack.enter_async_context(r.watch(name(i))) for i in range(4)]
             for stream in streams:
                 await first(stream)
             primary.inject(Fault(drop=True))
-            with anyio.fail_after(5.0):
-                while r.upstreams()[0]["up"]:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: not r.upstreams()[0]["up"], 5.0)
             carried = r.stats()["batched_refreshes"]
-            with anyio.fail_after(5.0):  # every watch carried again, by the backup
-                while r.stats()["batched_refreshes"] < carried + 8:
-                    await anyio.sleep(0.05)
+            # Every watch carried again, by the backup, before the primary recovers.
+            await eventually(lambda: r.stats()["batched_refreshes"] >= carried + 8, 5.0)
             primary.clear_faults()
-            with anyio.fail_after(4.0):  # probes every 0.1-0.4 s (backoff_max)
-                while not r.upstreams()[0]["up"]:
-                    await anyio.sleep(0.05)
+            # Probes every 0.1-0.4 s (backoff_max): up at the first one.
+            await eventually(lambda: r.upstreams()[0]["up"], 4.0)
             await anyio.sleep(0.3)
             asked = primary.queries
             await anyio.sleep(0.6)
             assert primary.queries - asked >= 4  # the preferred server takes the refreshes
             for stream in streams:
-                latest = stream.latest()
-                assert latest is not None and not latest.stale and len(latest.endpoints) == 1
+                fresh(stream)
     balanced(r.stats())
 
 
@@ -127,8 +141,7 @@ async def test_a_truncated_reply_is_not_asked_for_twice_over_udp() -> None:
                 udp = server.query_count(name(0), "SRV") - asked - tcp
                 assert tcp >= 2.0 / (FLOOR * (1 + JITTER)) * 0.6, tcp
                 assert udp <= tcp + 2, (udp, tcp)
-                latest = stream.latest()
-                assert latest is not None and not latest.stale
+                fresh(stream)
     balanced(r.stats())
 
 
@@ -212,7 +225,10 @@ async def test_a_name_the_primary_fails_is_not_asked_of_it_twice_per_refresh() -
     refresh asks the first, then the second, as before batching. The batch's SERVFAIL was
     thrown away and the loop asked the first nameserver again: two SERVFAILs a refresh."""
     text = zone_text(2)
-    async with ZoneServer(text, origin=ORIGIN) as primary, ZoneServer(text, origin=ORIGIN) as backup:
+    async with (
+        ZoneServer(text, origin=ORIGIN) as primary,
+        ZoneServer(text, origin=ORIGIN) as backup,
+    ):
         primary.inject(Fault(rcode="SERVFAIL", name=name(0)))
         servers = [primary.address, backup.address]
         async with srvwatch.Resolver(servers, policy=policy()) as r:
@@ -227,8 +243,8 @@ async def test_a_name_the_primary_fails_is_not_asked_of_it_twice_per_refresh() -
                 answered = backup.query_count(name(0), "SRV") - answered
                 assert answered >= 2.0 / (FLOOR * (1 + JITTER)) * 0.6, answered
                 assert failed <= answered + 2, (failed, answered)
-                for latest in (stream.latest(), other.latest()):
-                    assert latest is not None and not latest.stale and len(latest.endpoints) == 1
+                fresh(stream)
+                fresh(other)
                 assert r.upstreams()[0]["up"]
                 assert backup.query_count(name(1), "SRV") == 0  # the other name stays on the first
     balanced(r.stats())

@@ -356,28 +356,39 @@ class SocketTransport:
         if server and self.health.probe_due(server):
             usual.append(asks[0][2])
             asks = asks[1:]
+        ready: list[tuple[_Query, Settle]] = []
+        for qname, qtype, settle in asks:
+            query = self._query_for(qname, qtype)
+            if query.udp_unusable:
+                usual.append(settle)  # the usual path: TCP, or no EDNS, after one UDP query
+            else:
+                ready.append((query, settle))
         upstream = self.health.upstreams[server]
         start = 0
-        while start < len(asks):
+        while start < len(ready):
             if not upstream.up or self._in_flight >= self._max_in_flight or self._slot_waiters:
-                return usual + [settle for _, _, settle in asks[start:]]
+                return usual + [settle for _, settle in ready[start:]]
             self._in_flight += 1
             try:
                 entry = self._acquire(self.nameservers[server])
             except OSError:
                 self._give_slot()
-                return usual + [settle for _, _, settle in asks[start:]]
+                return usual + [settle for _, settle in ready[start:]]
             # As many as the socket has uses left (a pooled one has carried queries already).
-            chunk = asks[start : start + self._max_uses - entry.uses + 1]
+            chunk = ready[start : start + self._max_uses - entry.uses + 1]
             start += len(chunk)
             pending = self._send_chunk(entry, server, chunk)
             entry.uses += max(len(pending) - 1, 0)
+            if not pending:  # the first send failed: the server is down, nothing to read
+                self._release(entry, False)
+                self._give_slot()
+                continue
             try:
                 self._spawn(self._collect, entry, server, pending)
             except RuntimeError:  # the owner is closing
                 self._release(entry, False)
                 self._give_slot()
-                unsent = [settle for _, _, settle in asks[start:]]
+                unsent = [settle for _, settle in ready[start:]]
                 return usual + [settle for _, settle in pending.values()] + unsent
         return usual
 
@@ -388,7 +399,7 @@ class SocketTransport:
         return None
 
     def _send_chunk(
-        self, entry: _UdpSocket, server: int, chunk: Sequence[tuple[str, int, Settle]]
+        self, entry: _UdpSocket, server: int, chunk: Sequence[tuple[_Query, Settle]]
     ) -> dict[int, tuple[_Query, Settle]]:
         """Send each question under an ID unique on this socket; the asks by ID.
 
@@ -401,11 +412,7 @@ class SocketTransport:
         ids = os.urandom(2 * len(chunk))
         send = entry.sock.send
         counters = self.counters
-        for n, (qname, qtype, settle) in enumerate(chunk):
-            query = self._query_for(qname, qtype)
-            if query.udp_unusable:
-                _settle_safely(settle, None)  # the usual path: TCP, or no EDNS, after one query
-                continue
+        for n, (query, settle) in enumerate(chunk):
             query_id = ids[2 * n : 2 * n + 2]
             while int.from_bytes(query_id, "big") in pending:
                 query_id = os.urandom(2)
@@ -414,10 +421,10 @@ class SocketTransport:
             except OSError as exc:
                 counters.network_errors += 1
                 self.health.failed(server, f"{self.nameservers[server]}: {exc.strerror or exc}")
-                for _, _, unsent in chunk[n:]:
+                for _, unsent in chunk[n:]:
                     _settle_safely(unsent, None)  # the usual path: fail over, or fail fast
                 break
-            counters.count_query(qname)
+            counters.count_query(query.qname)
             pending[int.from_bytes(query_id, "big")] = (query, settle)
         counters.batches += 1
         return pending
