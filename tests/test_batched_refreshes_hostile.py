@@ -9,6 +9,7 @@ costing time quadratic in their number.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -247,4 +248,68 @@ async def test_a_name_the_primary_fails_is_not_asked_of_it_twice_per_refresh() -
                 fresh(other)
                 assert r.upstreams()[0]["up"]
                 assert backup.query_count(name(1), "SRV") == 0  # the other name stays on the first
+    balanced(r.stats())
+
+
+async def test_floods_duplicates_and_other_questions_do_not_confuse_a_batch() -> None:
+    """Each query answered by garbage, a reply with its ID to another question, the reply,
+    and the reply again: the batch settles each refresh from its own reply, once, and
+    nothing is asked twice (guards the matching by ID and question)."""
+    rng = random.Random(7)
+
+    def respond(query: bytes) -> list[bytes]:
+        good = srv_reply(query)
+        other = dns.message.from_wire(srv_reply(query.replace(b"_s", b"_x", 1)))
+        other.id = dns.message.from_wire(query).id
+        garbage = [rng.randbytes(rng.choice((1, 11, 12, 40))) for _ in range(10)]
+        return [*garbage, other.to_wire(), good, good]
+
+    async with hostile_server(respond) as server:
+        async with srvwatch.Resolver([server.address], policy=policy()) as r:
+            async with AsyncExitStack() as stack:
+                streams = [await stack.enter_async_context(r.watch(name(i))) for i in range(6)]
+                for stream in streams:
+                    await first(stream)
+                await anyio.sleep(0.3)
+                before, asked = r.stats(), r.queries_by_name()
+                await anyio.sleep(1.5)
+                stats = r.stats()
+                assert stats["batched_refreshes"] - before["batched_refreshes"] >= 6
+                assert stats["ignored_responses"] - before["ignored_responses"] >= 6 * 11
+                for i, stream in enumerate(streams):
+                    fresh(stream)
+                    count = r.queries_by_name()[name(i)] - asked.get(name(i), 0)
+                    assert count <= 1.5 / (FLOOR * (1 - JITTER)) + 2, (i, count)
+    balanced(r.stats())
+
+
+async def test_tight_limits_and_search_list_names_still_refresh() -> None:
+    """max_in_flight=1 and max_socket_uses=1: batches of one, the rest handed back and
+    queued for the one slot; a name that walks a search list is never carried. Changes
+    arrive in time either way, and every socket and task is closed."""
+    async with ZoneServer(zone_text(6), origin=ORIGIN) as server:
+        r = srvwatch.Resolver(
+            [server.address],
+            policy=policy(),
+            max_in_flight=1,
+            max_socket_uses=1,
+            search=[ORIGIN],
+            ndots=5,
+        )
+        async with r, AsyncExitStack() as stack:
+            streams = [await stack.enter_async_context(r.watch(name(i))) for i in range(5)]
+            searched = await stack.enter_async_context(r.watch("_s5._tcp"))
+            for stream in [*streams, searched]:
+                await first(stream)
+            await anyio.sleep(0.6)
+            assert r.stats()["batched_refreshes"] > 0
+            server.set_records("_s2._tcp", "SRV", [f"10 10 9999 t2.{ORIGIN}"], ttl=1)
+            server.set_records("_s5._tcp", "SRV", [f"10 10 9995 t5.{ORIGIN}"], ttl=1)
+            for stream, port in ((streams[2], 9999), (searched, 9995)):
+                with anyio.fail_after(FLOOR * (1 + JITTER) + 1.5):
+                    async for update in stream:
+                        if update.endpoints.endpoints[0].port == port:
+                            break
+            for stream in streams:
+                fresh(stream)
     balanced(r.stats())
