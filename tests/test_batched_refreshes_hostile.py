@@ -313,3 +313,34 @@ async def test_tight_limits_and_search_list_names_still_refresh() -> None:
             for stream in streams:
                 fresh(stream)
     balanced(r.stats())
+
+
+async def test_a_settle_that_raises_hands_the_refresh_back_without_asking_twice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in settling a batch's reply is logged and the loop refreshes the usual way,
+    with the batch's reply: the watch keeps refreshing, and nothing is asked twice."""
+
+    def broken(self: object, fqdn: str, reply: object) -> None:
+        raise RuntimeError("settle bug")
+
+    monkeypatch.setattr("srvwatch.srv.Assembler.repeated_set", broken)
+    async with ZoneServer(zone_text(2), origin=ORIGIN) as server:
+        async with srvwatch.Resolver([server.address], policy=policy()) as r:
+            async with r.watch(name(0)) as stream:
+                await first(stream)
+                await anyio.sleep(0.3)
+                asked = server.query_count(name(0), "SRV")
+                await anyio.sleep(2.0)
+                asked = server.query_count(name(0), "SRV") - asked
+                assert asked >= 2.0 / (FLOOR * (1 + JITTER)) * 0.6, asked
+                assert asked <= 2.0 / (FLOOR * (1 - JITTER)) + 2, asked
+                fresh(stream)
+                server.set_records("_s0._tcp", "SRV", [f"10 10 9990 t0.{ORIGIN}"], ttl=1)
+                with anyio.fail_after(FLOOR * (1 + JITTER) + 1.5):
+                    async for update in stream:
+                        if update.endpoints.endpoints[0].port == 9990:
+                            break
+    assert r.stats()["batched_refreshes"] == 0
+    assert any("cannot settle a batched refresh" in rec.getMessage() for rec in caplog.records)
+    balanced(r.stats())
