@@ -1,7 +1,7 @@
 """A scripted UDP/TCP DNS server that answers with whatever bytes a test builds.
 
 ZoneServer only sends well-formed messages; the resolver must also survive
-servers that do not. ``respond(query_bytes) -> bytes | None`` builds each
+servers that do not. ``respond(query_bytes) -> bytes | list[bytes] | None`` builds each
 reply (None: stay silent), usually from a dnspython response that
 :func:`replace_last_rdata` or :func:`patch_header` then damages.
 """
@@ -20,7 +20,8 @@ import dns.rrset
 
 from srvwatch import wire
 
-Respond = Callable[[bytes], "bytes | None"]
+Respond = Callable[[bytes], "bytes | list[bytes] | None"]
+"""The reply to a query: its bytes, several datagrams (or messages) to send in turn, or None."""
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Hostile:
 
     address: str
     received: list[bytes] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    """The source port of each UDP query received (RFC 5452: they must keep changing)."""
 
     @property
     def queries(self) -> int:
@@ -47,8 +50,8 @@ async def hostile_server(respond: Respond, *, tcp: Respond | None = None) -> Asy
         async def serve_udp() -> None:
             async for data, (host, peer_port) in udp:
                 server.received.append(data)
-                reply = respond(data)
-                if reply is not None:
+                server.ports.append(peer_port)
+                for reply in _each(respond(data)):
                     await udp.sendto(reply, host, peer_port)
 
         async def serve_tcp(stream: anyio.abc.SocketStream) -> None:
@@ -59,8 +62,7 @@ async def hostile_server(respond: Respond, *, tcp: Respond | None = None) -> Asy
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     return
                 server.received.append(data)
-                reply = tcp_respond(data)
-                if reply is not None:
+                for reply in _each(tcp_respond(data)):
                     await stream.send(struct.pack("!H", len(reply)) + reply)
 
         async with listener, anyio.create_task_group() as tg:
@@ -68,6 +70,12 @@ async def hostile_server(respond: Respond, *, tcp: Respond | None = None) -> Asy
             tg.start_soon(listener.serve, serve_tcp)
             yield server
             tg.cancel_scope.cancel()
+
+
+def _each(replies: bytes | list[bytes] | None) -> list[bytes]:
+    if replies is None:
+        return []
+    return [replies] if isinstance(replies, bytes) else replies
 
 
 async def _bind() -> tuple[anyio.abc.UDPSocket, anyio.abc.SocketListener]:

@@ -143,6 +143,13 @@ class Health:
                     return i
         return None
 
+    def probe_due(self, before: int) -> bool:
+        """A nameserver ahead of position ``before`` is down and :meth:`pick` would probe it."""
+        now = self._clock()
+        return any(
+            not u.up and not u.probing and now >= u.next_probe for u in self.upstreams[:before]
+        )
+
     def succeeded(self, i: int) -> None:
         """Position ``i`` answered (any rcode: it is alive)."""
         upstream = self.upstreams[i]

@@ -32,11 +32,11 @@ class Counters:
     """Answers with an rcode other than NOERROR and NXDOMAIN, or truncated over TCP."""
     network_errors: int = 0
     unchanged_replies: int = 0
+    """Replies identical to the last one for their question but for ID and TTLs: not re-parsed."""
     batches: int = 0
     """Sockets that carried a batch of watch refreshes due together (see ``send_batch``)."""
     batched_refreshes: int = 0
     """Watch refreshes whose unchanged reply was settled in a batch, without waking their loop."""
-    """Replies identical to the last one for their question but for ID and TTLs: not re-parsed."""
     ignored_responses: int = 0
     """Responses whose ID or question did not match (RFC 5452) or that were malformed."""
     lookups: int = 0

@@ -143,6 +143,7 @@ class _Query:
     __slots__ = (
         "_plain",
         "asked",
+        "failed_by",
         "last",
         "qclass",
         "qname",
@@ -150,6 +151,7 @@ class _Query:
         "received",
         "same_spans",
         "template",
+        "udp_unusable",
     )
 
     def __init__(self, template: bytes, plain: bytes | None = None) -> None:
@@ -169,6 +171,12 @@ class _Query:
         """The byte ranges of ``last`` outside its ID and TTL fields."""
         self.received: tuple[Reply, float] | None = None
         """A new reply a batch received, and until when (``clock``) it answers the next query."""
+        self.failed_by: tuple[int, str, float] | None = None
+        """A nameserver (position) that answered a batch with an error rcode, what it said, and
+        until when (``clock``): the next query starts past it, as after its own such answer."""
+        self.udp_unusable = False
+        """Its last UDP reply was truncated or FORMERR (no EDNS): not batched, for a batch's
+        reply would be thrown away and the query asked again over UDP before TCP."""
 
     @property
     def plain(self) -> _Query | None:
@@ -291,12 +299,19 @@ class SocketTransport:
             if received[1] > self._clock() and not self._closed:
                 await anyio.lowlevel.checkpoint()
                 return received[0]
+        failed_by = query.failed_by
+        if failed_by is not None:
+            query.failed_by = None
+            if failed_by[2] <= self._clock():
+                failed_by = None
         if self._closed:
             raise RuntimeError("transport is closed")
         await self._take_slot(query, deadline)  # inlined _bounded: one coroutine less
         try:
             lifetime = self._clock() + self._policy.lifetime
-            return await self._exchange(query, lifetime if deadline is None else deadline)
+            return await self._exchange(
+                query, lifetime if deadline is None else deadline, failed_by
+            )
         finally:
             self._give_slot()
 
@@ -327,28 +342,44 @@ class SocketTransport:
         nameserver known up is used, with one query slot per socket. Each ask
         is settled exactly once, in its reader task, unless it is returned:
         the asks this could not send (no nameserver up, no free slot, no way
-        to start a task), for their callers to take the usual path.
+        to start a task), for their callers to take the usual path. When a
+        nameserver ahead of the one used is down and due a probe, the first
+        ask is returned too: its caller's query carries the probe, or a
+        preferred nameserver that recovers would never be tried again.
         """
         if not asks:
             return []
         server = self._first_up()
         if server is None or self._spawn is None or self._closed:
             return [settle for _, _, settle in asks]
-        step = self._max_uses
+        usual: list[Settle] = []
+        if server and self.health.probe_due(server):
+            usual.append(asks[0][2])
+            asks = asks[1:]
+        ready: list[tuple[_Query, Settle]] = []
+        for qname, qtype, settle in asks:
+            query = self._query_for(qname, qtype)
+            if query.udp_unusable:
+                usual.append(settle)  # the usual path: TCP, or no EDNS, after one UDP query
+            else:
+                ready.append((query, settle))
         upstream = self.health.upstreams[server]
-        for start in range(0, len(asks), step):
-            chunk = asks[start : start + step]
+        start = 0
+        while start < len(ready):
             if not upstream.up or self._in_flight >= self._max_in_flight or self._slot_waiters:
-                return [settle for _, _, settle in asks[start:]]
+                return usual + [settle for _, settle in ready[start:]]
             self._in_flight += 1
             try:
                 entry = self._acquire(self.nameservers[server])
             except OSError:
                 self._give_slot()
-                return [settle for _, _, settle in asks[start:]]
-            entry.uses += len(chunk) - 1
+                return usual + [settle for _, settle in ready[start:]]
+            # As many as the socket has uses left (a pooled one has carried queries already).
+            chunk = ready[start : start + self._max_uses - entry.uses + 1]
+            start += len(chunk)
             pending = self._send_chunk(entry, server, chunk)
-            if not pending:  # every send failed: the asks went back as they failed
+            entry.uses += max(len(pending) - 1, 0)
+            if not pending:  # the first send failed: the server is down, nothing to read
                 self._release(entry, False)
                 self._give_slot()
                 continue
@@ -357,8 +388,9 @@ class SocketTransport:
             except RuntimeError:  # the owner is closing
                 self._release(entry, False)
                 self._give_slot()
-                return [settle for _, settle in pending.values()]
-        return []
+                unsent = [settle for _, settle in ready[start:]]
+                return usual + [settle for _, settle in pending.values()] + unsent
+        return usual
 
     def _first_up(self) -> int | None:
         for i, upstream in enumerate(self.health.upstreams):
@@ -367,7 +399,7 @@ class SocketTransport:
         return None
 
     def _send_chunk(
-        self, entry: _UdpSocket, server: int, chunk: Sequence[tuple[str, int, Settle]]
+        self, entry: _UdpSocket, server: int, chunk: Sequence[tuple[_Query, Settle]]
     ) -> dict[int, tuple[_Query, Settle]]:
         """Send each question under an ID unique on this socket; the asks by ID.
 
@@ -380,8 +412,7 @@ class SocketTransport:
         ids = os.urandom(2 * len(chunk))
         send = entry.sock.send
         counters = self.counters
-        for n, (qname, qtype, settle) in enumerate(chunk):
-            query = self._query_for(qname, qtype)
+        for n, (query, settle) in enumerate(chunk):
             query_id = ids[2 * n : 2 * n + 2]
             while int.from_bytes(query_id, "big") in pending:
                 query_id = os.urandom(2)
@@ -390,10 +421,10 @@ class SocketTransport:
             except OSError as exc:
                 counters.network_errors += 1
                 self.health.failed(server, f"{self.nameservers[server]}: {exc.strerror or exc}")
-                for _, _, unsent in chunk[n:]:
+                for _, unsent in chunk[n:]:
                     _settle_safely(unsent, None)  # the usual path: fail over, or fail fast
                 break
-            counters.count_query(qname)
+            counters.count_query(query.qname)
             pending[int.from_bytes(query_id, "big")] = (query, settle)
         counters.batches += 1
         return pending
@@ -444,7 +475,7 @@ class SocketTransport:
                     data = sock.recv(_MAX_UDP_RESPONSE)
                 except BlockingIOError:
                     return
-                heard = self._settle_one(data, name, pending) or heard
+                heard = self._settle_one(data, server, name, pending) or heard
                 if not pending:
                     return
         finally:
@@ -452,7 +483,7 @@ class SocketTransport:
                 self.health.succeeded(server)  # once per read, not per reply
 
     def _settle_one(
-        self, data: bytes, name: str, pending: dict[int, tuple[_Query, Settle]]
+        self, data: bytes, server: int, name: str, pending: dict[int, tuple[_Query, Settle]]
     ) -> bool:
         """Settle the ask ``data`` answers, if any; whether it answered one."""
         query_id = int.from_bytes(data[:2], "big")
@@ -472,9 +503,11 @@ class SocketTransport:
                 query.received = (reply, self._clock() + self._policy.timeout)
             return True
         if msg.rcode == wire.RCODE_FORMERR or msg.tc:
-            pass  # the usual path falls back to a query without EDNS, or to TCP
+            query.udp_unusable = True  # the usual path falls back to no EDNS, or to TCP
         elif msg.rcode not in _ANSWER_RCODES:
             self.counters.server_errors += 1
+            why = f"{name} answered {_rcode_text(msg.rcode)}"
+            query.failed_by = (server, why, self._clock() + self._policy.timeout)
         else:
             query.remember(data, msg)
             query.received = (Reply(data, msg, name), self._clock() + self._policy.timeout)
@@ -535,7 +568,9 @@ class SocketTransport:
         else:
             self._in_flight -= 1
 
-    async def _exchange(self, query: _Query, deadline: float) -> Reply:
+    async def _exchange(
+        self, query: _Query, deadline: float, failed_by: tuple[int, str, float] | None = None
+    ) -> Reply:
         """One lookup: the first reply that answers, walking the nameservers by position.
 
         NOERROR and NXDOMAIN are answers; any other rcode moves on to the next
@@ -545,7 +580,8 @@ class SocketTransport:
         its one probe, so when none is usable the lookup fails at once with a
         :class:`ResolveTimeout` that says the upstream is down. Rounds over
         the nameservers pause with jitter; no sleep and no attempt runs past
-        the lifetime.
+        the lifetime. ``failed_by``: a batch's error answer to the same
+        question (see ``_Query.failed_by``), counted as this lookup's own.
         """
         servers = self.nameservers
         health = self.health
@@ -553,6 +589,9 @@ class SocketTransport:
         clock = self._clock
         answered_badly: set[int] = set()
         last_failure: _AttemptFailed | None = None
+        if failed_by is not None:  # a batch's query has just had this answer (see send_batch)
+            answered_badly.add(failed_by[0])
+            last_failure = _AttemptRcode(failed_by[1])
         position = -1
         rounds = 0
         while True:
@@ -638,6 +677,7 @@ class SocketTransport:
         counters = self.counters
         try:
             data, msg = await self._udp(server, query, deadline)
+            query.udp_unusable = msg.tc or msg.rcode == wire.RCODE_FORMERR
             if msg.rcode == wire.RCODE_FORMERR and query.plain is not None:
                 # Old servers reject EDNS with FORMERR: ask once more without it (RFC 6891 §7).
                 counters.edns_fallbacks += 1
