@@ -327,3 +327,34 @@ async def test_closing_many_carried_watches_costs_linear_work() -> None:
         assert CountingItem.reads <= 8 * len(items), CountingItem.reads
         assert sum(map(len, ticker._due.values())) <= len(items) // 2
         tg.cancel_scope.cancel()
+
+
+async def test_a_batch_that_cannot_be_sent_for_a_bug_hands_its_loops_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sending a batch raised (a bug): the loops it had taken refresh themselves, logged,
+    instead of waiting for a batch that never comes (they waited forever before)."""
+    zone_text = zone(3).replace(f"$ORIGIN {ORIGIN}\n", "")
+    async with ZoneServer(zone_text, origin=ORIGIN) as server:
+        async with srvwatch.Resolver([server.address], policy=policy()) as r:
+            async with AsyncExitStack() as stack:
+                streams = [await stack.enter_async_context(r.watch(name(i))) for i in range(3)]
+                for stream in streams:
+                    await first(stream)
+                await anyio.sleep(0.5)
+                assert r.stats()["batched_refreshes"] > 0
+
+                def broken(asks: object) -> list[object]:
+                    raise RuntimeError("a bug in sending")
+
+                r._watches._send_batch = broken  # type: ignore[assignment]
+                await anyio.sleep(0.3)
+                before = server.query_count()
+                await anyio.sleep(1.0)
+                assert server.query_count() - before >= 3 * 1.0 / FLOOR * 0.6
+                server.set_records(f"t1.{ORIGIN}", "A", ["127.0.9.1"], ttl=1)
+                with anyio.fail_after(FLOOR * (1 + JITTER) + 1.0):
+                    async for update in streams[1]:
+                        if update.endpoints.endpoints[0].addresses == ("127.0.9.1",):
+                            break
+    assert any("cannot send a batch" in rec.getMessage() for rec in caplog.records)

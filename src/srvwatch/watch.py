@@ -733,6 +733,15 @@ class Watches:
         return self._send_batch is not None
 
     def send_due(self, loops: list[Any], closing: bool = False) -> None:
+        """:meth:`_send_due`; a bug in it hands every loop back, or they would wait forever."""
+        try:
+            self._send_due(loops, closing)
+        except Exception:
+            log.exception("cannot send a batch of refreshes; their loops refresh themselves")
+            for loop in loops:
+                loop.hand_back()
+
+    def _send_due(self, loops: list[Any], closing: bool) -> None:
         """Send the refreshes of the carried loops due in one tick together.
 
         A loop whose refresh cannot go so (nothing to reuse yet, or the batch
