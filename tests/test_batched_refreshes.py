@@ -21,6 +21,7 @@ import pytest
 import srvwatch
 from srvwatch.testing import Fault, ZoneServer
 from srvwatch.watch import Ticker
+from tests.batching import FLOOR, JITTER, carried_watches, fast_policy, first, srv_name, srv_zone
 from tests.dns_servers import KnotFactory, KnotServer
 
 pytestmark = pytest.mark.anyio
@@ -28,23 +29,10 @@ pytestmark = pytest.mark.anyio
 ORIGIN = "batch.test."
 FAR = "far.test."
 NAMES = 40
-FLOOR = 0.2
-JITTER = 0.2
 
 
 def zone(names: int = NAMES) -> str:
-    lines = [
-        f"$ORIGIN {ORIGIN}",
-        "$TTL 1",
-        "@ SOA ns hostmaster 1 3600 600 86400 1",
-        "@ NS ns",
-        "ns A 127.0.0.1",
-        f"_far._tcp SRV 10 10 7000 t.{FAR}",
-    ]
-    for i in range(names):
-        lines.append(f"_s{i}._tcp SRV 10 10 {8000 + i} t{i}")
-        lines.append(f"t{i} A 127.0.1.{i}")
-    return "\n".join(lines) + "\n"
+    return f"$ORIGIN {ORIGIN}\n" + srv_zone(names, f"_far._tcp SRV 10 10 7000 t.{FAR}")
 
 
 FAR_ZONE = f"""\
@@ -59,14 +47,11 @@ t AAAA ::2
 
 
 def policy() -> srvwatch.Policy:
-    return srvwatch.Policy(
-        min_ttl=FLOOR, max_ttl=FLOOR, jitter=JITTER, negative_min_ttl=FLOOR,
-        timeout=0.5, lifetime=1.0, backoff_base=0.1, backoff_max=0.4,
-    )  # fmt: skip
+    return fast_policy()
 
 
 def name(i: int) -> str:
-    return f"_s{i}._tcp.{ORIGIN}"
+    return srv_name(ORIGIN, i)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +60,6 @@ def knot(knot_factory: KnotFactory) -> Iterator[KnotServer]:
     server = knot_factory(zone(), ORIGIN, extra_zones={FAR: FAR_ZONE})
     yield server
     server.stop()
-
-
-async def first(updates: srvwatch.Updates, limit: float = 3.0) -> srvwatch.Update:
-    with anyio.fail_after(limit):
-        return await updates.__anext__()
 
 
 def most_refreshes_per_name(window: float) -> float:
@@ -197,16 +177,10 @@ async def test_replies_a_batch_cannot_use_go_the_usual_way() -> None:
     """Spoofed, truncated, failing and dropped replies to batched refreshes: the spoofed one
     is ignored, the others hand the refresh back to the loop, which retries over TCP, fails
     over, or marks the server down and goes stale once; endpoints are never lost."""
-    zone_text = zone(4).replace(f"$ORIGIN {ORIGIN}\n", "")
-    async with ZoneServer(zone_text, origin=ORIGIN) as server:
+    async with ZoneServer(srv_zone(4), origin=ORIGIN) as server:
         async with srvwatch.Resolver([server.address], policy=policy()) as r:
-            async with AsyncExitStack() as stack:
-                streams = [await stack.enter_async_context(r.watch(name(i))) for i in range(4)]
-                for stream in streams:
-                    await first(stream)
-                await anyio.sleep(0.5)
+            async with carried_watches(r, ORIGIN, 4) as streams:
                 carried = r.stats()["batched_refreshes"]
-                assert carried > 0
 
                 server.inject(Fault(wrong_id=True, name=name(0), count=3))
                 server.inject(Fault(truncate=True, name=name(1), count=3))
@@ -345,15 +319,9 @@ async def test_a_batch_that_cannot_be_sent_for_a_bug_hands_its_loops_back(
 ) -> None:
     """Sending a batch raised (a bug): the loops it had taken refresh themselves, logged,
     instead of waiting for a batch that never comes (they waited forever before)."""
-    zone_text = zone(3).replace(f"$ORIGIN {ORIGIN}\n", "")
-    async with ZoneServer(zone_text, origin=ORIGIN) as server:
+    async with ZoneServer(srv_zone(3), origin=ORIGIN) as server:
         async with srvwatch.Resolver([server.address], policy=policy()) as r:
-            async with AsyncExitStack() as stack:
-                streams = [await stack.enter_async_context(r.watch(name(i))) for i in range(3)]
-                for stream in streams:
-                    await first(stream)
-                await anyio.sleep(0.5)
-                assert r.stats()["batched_refreshes"] > 0
+            async with carried_watches(r, ORIGIN, 3) as streams:
 
                 def broken(asks: object) -> list[object]:
                     raise RuntimeError("a bug in sending")

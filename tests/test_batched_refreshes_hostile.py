@@ -24,39 +24,26 @@ import pytest
 import srvwatch
 from srvwatch.testing import Fault, ZoneServer
 from srvwatch.watch import Ticker
+from tests.batching import FLOOR, JITTER, fast_policy, first, srv_name, srv_zone
 from tests.hostile import hostile_server
 
 pytestmark = pytest.mark.anyio
 
 ORIGIN = "hostile.test."
-FLOOR = 0.2
-JITTER = 0.2
 WINDOW = 1.5
 """Seconds over which refreshes are counted: 6-9 of them, one floor x (1 +- jitter) apart."""
 
 
 def zone_text(names: int) -> str:
-    lines = ["$TTL 1", "@ SOA ns hostmaster 1 3600 600 86400 1", "@ NS ns", "ns A 127.0.0.1"]
-    for i in range(names):
-        lines.append(f"_s{i}._tcp SRV 10 10 {8000 + i} t{i}")
-        lines.append(f"t{i} A 127.0.1.{i}")
-    return "\n".join(lines) + "\n"
+    return srv_zone(names)
 
 
 def policy() -> srvwatch.Policy:
-    return srvwatch.Policy(
-        min_ttl=FLOOR, max_ttl=FLOOR, jitter=JITTER, negative_min_ttl=FLOOR,
-        timeout=0.5, lifetime=1.0, backoff_base=0.1, backoff_max=0.4,
-    )  # fmt: skip
+    return fast_policy()
 
 
 def name(i: int) -> str:
-    return f"_s{i}._tcp.{ORIGIN}"
-
-
-async def first(updates: srvwatch.Updates, limit: float = 3.0) -> srvwatch.Update:
-    with anyio.fail_after(limit):
-        return await updates.__anext__()
+    return srv_name(ORIGIN, i)
 
 
 async def eventually(predicate: Callable[[], bool], within: float) -> None:
