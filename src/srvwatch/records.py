@@ -52,7 +52,6 @@ class Records:
         self.flights = flights
         self._policy = policy
         self._counters = counters
-        self._clock = clock
         self.clock = clock
 
     def use_policy(self, policy: Policy) -> None:
@@ -95,7 +94,7 @@ class Records:
         entry = self.store.peek((fqdn, qtype))
         if entry is None:
             return None
-        now = self._clock()
+        now = self.clock()
         answer = entry.answer
         if answer is not None and now < entry.expires_at:
             if type(answer) is Negative:
@@ -166,12 +165,12 @@ class Records:
         except (ResolveTimeout, ServerFailure) as exc:
             if isinstance(exc, UpstreamDown):  # nothing was sent: nothing to remember
                 found = self.store.get(key)
-                if serve_stale and found is not None and found.servable_stale(self._clock()):
+                if serve_stale and found is not None and found.servable_stale(self.clock()):
                     self._counters.stale += 1
                     return found, True
                 raise
             entry = self.store.put_failure(key, exc)
-            if serve_stale and entry.servable_stale(self._clock()):
+            if serve_stale and entry.servable_stale(self.clock()):
                 self._counters.stale += 1
                 log.info("serving stale %s: %s", fqdn, exc)
                 return entry, True
@@ -211,7 +210,7 @@ class Records:
         lifetime = self._policy.lifetime
         while True:
             if bounded:
-                reply = await query(name, qtype, deadline=self._clock() + lifetime)
+                reply = await query(name, qtype, deadline=self.clock() + lifetime)
             else:
                 reply = await query(name, qtype)
             if type(last) is Positive and reply.msg is last.msg:
